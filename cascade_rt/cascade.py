@@ -1,0 +1,220 @@
+"""CascadeBert: tiers of growing size; each row leaves at the first tier confident enough."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import ops
+from .checkpoint import CheckpointError, load_tier, save_tier
+from .inputs import PackedBatch, prepare_inputs
+from .tier import Tier
+
+__all__ = ["CascadeBert", "CascadeOutput", "CASCADE_FILE"]
+
+CASCADE_FILE = "cascade.json"
+
+
+@dataclass
+class CascadeOutput:
+    """Result of a cascade forward, every tensor in input row order.
+
+    logits: (B, num_labels) float32: logits of the tier each row exited at.
+    exit_tier: (B,) int64.  confidence: (B,) float32: max softmax probability at that tier.
+    rows_per_tier: (num_tiers,) int64: rows each tier ran on.
+    tokens_per_tier: (num_tiers,) int64: tokens each tier ran on.
+    """
+
+    logits: torch.Tensor
+    exit_tier: torch.Tensor
+    confidence: torch.Tensor
+    rows_per_tier: torch.Tensor
+    tokens_per_tier: torch.Tensor
+
+
+def _check_thresholds(thresholds: Sequence[float], num_tiers: int) -> list[float]:
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != num_tiers - 1:
+        raise ValueError(
+            f"expected {num_tiers - 1} threshold(s), one per tier but the last, for {num_tiers} "
+            f"tier(s); got {len(thresholds)}"
+        )
+    for i, t in enumerate(thresholds):
+        if math.isnan(t) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"threshold {i} is {t}; each threshold must be a number in [0, 1]")
+    return thresholds
+
+
+class CascadeBert(nn.Module):
+    """A cascade of complete BERT classifiers, smallest first.
+
+    A row exits at tier ``i`` when its confidence (max softmax probability) is
+    ``>= thresholds[i]``; the last tier takes every row left. Tier ``i+1`` runs only on the
+    rows that did not exit: their token ids are compacted on the device between tiers.
+
+    Args:
+        tiers: the tiers, smallest first; they must share vocabulary and number of labels.
+        thresholds: one per tier but the last, each in [0, 1].
+    """
+
+    def __init__(self, tiers: Sequence[Tier], thresholds: Sequence[float] = ()):
+        super().__init__()
+        if len(tiers) == 0:
+            raise ValueError("a cascade needs at least one tier")
+        first = tiers[0].config
+        for i, t in enumerate(tiers[1:], 1):
+            if t.config.vocab_size != first.vocab_size:
+                raise ValueError(
+                    f"tier {i} has vocab_size {t.config.vocab_size} but tier 0 has {first.vocab_size}; "
+                    "tiers must share one vocabulary"
+                )
+            if t.config.num_labels != first.num_labels:
+                raise ValueError(
+                    f"tier {i} has num_labels {t.config.num_labels} but tier 0 has {first.num_labels}; "
+                    "tiers must classify into the same labels"
+                )
+        self.tiers = nn.ModuleList(tiers)
+        self.thresholds = _check_thresholds(thresholds, len(tiers))
+        #: when True, never read counts back to the host between tiers: later tiers run on
+        #: upper-bound shapes (dead rows are zero-length) and kernels skip dead work. When
+        #: False, one count is read per tier boundary and later tiers run on exact shapes.
+        self.sync_free = False
+        #: validate inputs (ids in range, mask right-padded, ...); async device asserts on GPU.
+        self.check_inputs = True
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        paths,
+        thresholds: Sequence[float] | None = None,
+        dtype: torch.dtype | None = None,
+        device=None,
+    ) -> "CascadeBert":
+        """Load from HF tier directories (smallest first) or a directory saved by :meth:`save_pretrained`.
+
+        ``paths``: a list of ``BertForSequenceClassification`` directories, or one directory
+        with a ``cascade.json`` (its thresholds are used unless ``thresholds`` is given), or one
+        HF directory (a one-tier cascade).
+        """
+        if isinstance(paths, (str, Path)):
+            root = Path(paths)
+            spec = root / CASCADE_FILE
+            if spec.is_file():
+                meta = json.loads(spec.read_text())
+                dirs = [root / d for d in meta["tiers"]]
+                if thresholds is None:
+                    thresholds = meta.get("thresholds", [])
+            else:
+                dirs = [root]
+        else:
+            dirs = [Path(p) for p in paths]
+        if not dirs:
+            raise ValueError("from_pretrained needs at least one tier directory")
+        if thresholds is None:
+            if len(dirs) > 1:
+                raise ValueError(f"{len(dirs)} tiers need {len(dirs) - 1} threshold(s); pass thresholds=[...]")
+            thresholds = []
+        tiers = [load_tier(d, dtype=dtype, device=device) for d in dirs]
+        return cls(tiers, thresholds)
+
+    def save_pretrained(self, path) -> None:
+        """Write ``tier_<i>/`` (each loadable by ``transformers``) and ``cascade.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        names = []
+        for i, tier in enumerate(self.tiers):
+            name = f"tier_{i}"
+            save_tier(tier, path / name)
+            names.append(name)
+        meta = {"format": "cascade_rt", "version": 1, "tiers": names, "thresholds": self.thresholds}
+        (path / CASCADE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def set_thresholds(self, thresholds: Sequence[float]) -> "CascadeBert":
+        self.thresholds = _check_thresholds(thresholds, len(self.tiers))
+        return self
+
+    @property
+    def num_labels(self) -> int:
+        return self.tiers[0].config.num_labels
+
+    @property
+    def device(self) -> torch.device:
+        return self.tiers[0].device
+
+    # -- forward -----------------------------------------------------------------------------
+    def pack(self, input_ids, attention_mask=None, token_type_ids=None, cu_seqlens=None,
+             max_seqlen=None) -> PackedBatch:
+        """Validate and pack input as :meth:`forward` does."""
+        return prepare_inputs(
+            input_ids, attention_mask, token_type_ids, cu_seqlens, max_seqlen,
+            limits=[t.config for t in self.tiers], device=self.device,
+            check=self.check_inputs, trim=not self._sync_free_active(),
+        )
+
+    def _sync_free_active(self) -> bool:
+        return self.sync_free
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+    ) -> CascadeOutput:
+        """Classify a batch.
+
+        Args:
+            input_ids: (B, S) int, right-padded with ``attention_mask`` (B, S) (HF tokenizer
+                output works), or packed (T,) int with ``cu_seqlens`` (B+1,) int32 and
+                ``max_seqlen`` (host int upper bound).
+            token_type_ids: same shape as input_ids, optional.
+
+        Returns:
+            :class:`CascadeOutput` in input row order.
+        """
+        batch = self.pack(input_ids, attention_mask, token_type_ids, cu_seqlens, max_seqlen)
+        return self.forward_packed(batch)
+
+    def forward_packed(self, batch: PackedBatch) -> CascadeOutput:
+        B, dev, n_tiers = batch.num_rows, self.device, len(self.tiers)
+        out_logits = torch.zeros((B, self.num_labels), dtype=torch.float32, device=dev)
+        out_conf = torch.zeros(B, dtype=torch.float32, device=dev)
+        out_tier = torch.full((B,), -1, dtype=torch.int64, device=dev)
+        rows_seen = torch.zeros(n_tiers, dtype=torch.int64, device=dev)
+        tokens_seen = torch.zeros(n_tiers, dtype=torch.int64, device=dev)
+        if B == 0:
+            return CascadeOutput(out_logits, out_tier, out_conf, rows_seen, tokens_seen)
+
+        trim = not self._sync_free_active()
+        tokens = torch.stack([batch.input_ids, batch.token_type_ids], dim=1)  # (T, 2)
+        cu = batch.cu_seqlens
+        row_index = torch.arange(B, device=dev, dtype=torch.int64)
+        for i, tier in enumerate(self.tiers):
+            last = i == n_tiers - 1
+            rows_seen[i] = (row_index >= 0).sum()
+            tokens_seen[i] = cu[-1]
+            hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen)
+            cls_hidden = Tier.first_tokens(hidden, cu)
+            logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else self.thresholds[i])
+            if last:
+                exit_mask = torch.ones_like(exit_mask)
+            ops.scatter_exits(exit_mask, row_index, logits, conf, i, out_logits, out_conf, out_tier)
+            if last:
+                break
+            tokens, cu, local, n_kept = ops.compact(exit_mask | (row_index < 0), tokens, cu)
+            row_index = torch.where(local >= 0, row_index[local.clamp(min=0)], local)
+            if trim:
+                n_rows, n_tok = torch.stack([n_kept.to(torch.int64), cu[-1].to(torch.int64)]).tolist()
+                if n_rows == 0:
+                    break
+                tokens, cu, row_index = tokens[:n_tok], cu[: n_rows + 1], row_index[:n_rows]
+        return CascadeOutput(out_logits, out_tier, out_conf, rows_seen, tokens_seen)

@@ -1,0 +1,66 @@
+"""Analytic cost (floating-point operations) of tiers and cascades.
+
+Counts multiply-adds as 2 FLOPs in every matrix product: the QKV, output and FFN
+projections, attention scores and weighted values, the pooler and the classifier.
+Element-wise work (LayerNorm, softmax, GELU, embeddings) is left out: it is O(tokens x
+hidden), a few percent of a layer.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from .config import TierConfig
+
+__all__ = ["tier_flops", "padded_tier_flops", "cascade_flops", "analytic_speedup"]
+
+
+def _cfg(c) -> TierConfig:
+    return c.config if hasattr(c, "config") else c
+
+
+def tier_flops(config, lengths: Iterable[int]) -> int:
+    """FLOPs of one tier on rows of the given token lengths (padding-free).
+
+    Args:
+        config: a :class:`TierConfig` or a tier.
+        lengths: token count of each row.
+    """
+    cfg = _cfg(config)
+    lengths = [int(n) for n in lengths]
+    H, I, L, C = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_labels
+    tokens = sum(lengths)
+    per_token_layer = 2 * (4 * H * H + 2 * H * I)
+    attention = sum(2 * 2 * n * n * H for n in lengths)  # QK^T and PV, all heads
+    head = len(lengths) * 2 * (H * H + H * C)
+    return L * (tokens * per_token_layer + attention) + head
+
+
+def padded_tier_flops(config, lengths: Sequence[int], padded_len: int | None = None) -> int:
+    """FLOPs of the same tier when every row is padded to ``padded_len`` (default: the longest)."""
+    lengths = list(lengths)
+    if not lengths:
+        return 0
+    S = max(lengths) if padded_len is None else int(padded_len)
+    return tier_flops(config, [S] * len(lengths))
+
+
+def cascade_flops(configs: Sequence, lengths_per_tier: Sequence[Iterable[int]]) -> int:
+    """FLOPs of a cascade given the lengths of the rows that reached each tier."""
+    if len(lengths_per_tier) > len(configs):
+        raise ValueError("more tiers of lengths than tiers")
+    return sum(tier_flops(c, ls) for c, ls in zip(configs, lengths_per_tier))
+
+
+def analytic_speedup(configs: Sequence, lengths: Sequence[int], exit_tier: Sequence[int]) -> float:
+    """Cost of the last tier on every row divided by the cascade's cost.
+
+    Args:
+        configs: the tiers (or their configs), smallest first.
+        lengths: each row's token count.  exit_tier: each row's exit tier.
+    """
+    lengths, exit_tier = [int(n) for n in lengths], [int(t) for t in exit_tier]
+    if len(lengths) != len(exit_tier):
+        raise ValueError("lengths and exit_tier must have one entry per row")
+    per_tier = [[n for n, t in zip(lengths, exit_tier) if t >= i] for i in range(len(configs))]
+    cost = cascade_flops(configs, per_tier)
+    return tier_flops(configs[-1], lengths) / cost if cost else float("nan")

@@ -1,0 +1,70 @@
+"""``python -m cascade_rt.info``: versions, backends, and why a missing one is missing."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+
+def _version(mod: str) -> str:
+    try:
+        m = importlib.import_module(mod)
+        return getattr(m, "__version__", "installed")
+    except Exception as exc:  # report, never fail
+        return f"not available ({type(exc).__name__}: {exc})"
+
+
+def collect() -> dict:
+    import torch
+
+    import cascade_rt
+    from cascade_rt import backends
+
+    info = {
+        "cascade_rt": cascade_rt.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "CASCADE_RT_BACKEND": os.environ.get("CASCADE_RT_BACKEND"),
+        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
+        "backends": {},
+        "priority": {dev: list(backends.priority(dev)) for dev in ("cpu", "cuda")},
+    }
+    for name in backends.BACKEND_NAMES:
+        err = backends.load_error(name)
+        entry = {"available": err is None}
+        if err:
+            entry["why_not"] = err
+        else:
+            mod = backends._module(name)
+            entry["ops"] = sorted(getattr(mod, "OPS", {}))
+            detail = getattr(mod, "describe", None)
+            if callable(detail):
+                entry["detail"] = detail()
+        info["backends"][name] = entry
+    return info
+
+
+def main() -> None:
+    info = collect()
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "backends":
+            continue
+        print(f"{key:<{width}}  {value}")
+    print("backends:")
+    for name, entry in info["backends"].items():
+        if entry["available"]:
+            print(f"  {name:<10} available: {', '.join(entry['ops'])}")
+            if entry.get("detail"):
+                print(f"  {'':<10} {entry['detail']}")
+        else:
+            print(f"  {name:<10} NOT available: {entry['why_not']}")
+
+
+if __name__ == "__main__":
+    main()

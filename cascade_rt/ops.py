@@ -1,0 +1,157 @@
+"""Public ops of cascade_rt.
+
+Every op here has a plain-PyTorch reference in :mod:`cascade_rt.reference` (``<op>_ref``)
+that defines its result; the wrappers below dispatch to the best backend that accepts the
+arguments (see :mod:`cascade_rt.backends`). Fast backends register their kernels with
+``torch.library`` under their own namespaces (``torch.ops.cascade_rt.*`` for the native
+extension, ``torch.ops.cascade_rt_triton.*`` for Triton) together with fake
+implementations, so ``torch.compile`` and ``torch.library.opcheck`` see them.
+
+Layout conventions are those of :mod:`cascade_rt.reference`: packed tokens ``(T, ...)``
+with ``T`` an upper bound, ``cu_seqlens: (B+1,), int32``, ``row_index: (B,), int64`` with
+-1 for dead rows, live counts in device tensors (no host sync).
+"""
+from __future__ import annotations
+
+import torch
+
+from .backends import dispatch
+
+__all__ = [
+    "varlen_attention",
+    "add_layer_norm",
+    "exit_head",
+    "compact",
+    "scatter_exits",
+    "pack",
+    "unpack",
+]
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Bidirectional multi-head attention within each packed sequence, no padding.
+
+    Args:
+        q, k, v: (T, H, D), float32/float16/bfloat16, same dtype and device.
+        cu_seqlens: (B+1,), int32: sequence ``b`` is tokens ``cu_seqlens[b]:cu_seqlens[b+1]``.
+        max_seqlen: host int, an upper bound of every sequence length (never read back
+            from the device).
+        softmax_scale: defaults to ``1/sqrt(D)``.
+
+    Returns:
+        (T, H, D) in q's dtype, newly allocated; token slots past ``cu_seqlens[-1]`` are 0.
+    """
+    return dispatch("varlen_attention", q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+
+
+def add_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """``LayerNorm(x + residual) * weight + bias`` over the last dim, fp32 statistics.
+
+    Args:
+        x, residual: (N, H), same float dtype.
+        weight, bias: (H,).
+        eps: LayerNorm epsilon.
+
+    Returns:
+        (N, H) in x's dtype, newly allocated.
+    """
+    return dispatch("add_layer_norm", x, residual, weight, bias, eps)
+
+
+def exit_head(
+    cls_hidden: torch.Tensor,
+    pooler_w: torch.Tensor,
+    pooler_b: torch.Tensor,
+    cls_w: torch.Tensor,
+    cls_b: torch.Tensor,
+    threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused exit decision of one tier: ``tanh(pooler) -> classifier -> softmax -> max -> >=``.
+
+    Args:
+        cls_hidden: (B, H): each row's first-token hidden state.
+        pooler_w: (H, H), pooler_b: (H,): BERT pooler dense layer.
+        cls_w: (C, H), cls_b: (C,): classifier.
+        threshold: a row exits when its max softmax probability (fp32) is ``>= threshold``.
+
+    Returns:
+        logits (B, C) float32, confidence (B,) float32, exit_mask (B,) bool.
+    """
+    return dispatch("exit_head", cls_hidden, pooler_w, pooler_b, cls_w, cls_b, float(threshold))
+
+
+def compact(
+    exit_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Remove exiting rows and keep the survivors' tokens packed, in order, on the device.
+
+    Args:
+        exit_mask: (B,), bool: True for rows that leave (dead rows should be True).
+        tokens: (T, ...), any dtype: per-token data to carry (ids and token types, say).
+        cu_seqlens: (B+1,), int32.
+
+    Returns (all newly allocated, sized by the inputs, no host sync):
+        tokens_kept: (T, ...): survivors' tokens first, zeros after.
+        cu_seqlens_kept: (B+1,), int32: survivors first, then zero-length rows.
+        row_index: (B,), int64: position in *this* batch of each kept row, -1 past n_kept.
+        n_kept: (), int32: number of surviving rows.
+    """
+    return dispatch("compact", exit_mask, tokens, cu_seqlens)
+
+
+def scatter_exits(
+    exit_mask: torch.Tensor,
+    row_index: torch.Tensor,
+    logits: torch.Tensor,
+    confidence: torch.Tensor,
+    tier: int,
+    out_logits: torch.Tensor,
+    out_confidence: torch.Tensor,
+    out_tier: torch.Tensor,
+) -> None:
+    """Write exiting rows' logits, confidence and tier to their input rows, in place.
+
+    Args:
+        exit_mask: (B,), bool.  row_index: (B,), int64, input row of each row (-1: dead row,
+            never written).
+        logits: (B, C) float32.  confidence: (B,) float32.  tier: int.
+        out_logits: (N, C) float32, out_confidence: (N,) float32, out_tier: (N,) int64:
+            owned by the caller, mutated in place.
+    """
+    dispatch(
+        "scatter_exits", exit_mask, row_index, logits, confidence, int(tier),
+        out_logits, out_confidence, out_tier,
+    )
+
+
+def pack(padded: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows to the packed layout, on the device.
+
+    Args:
+        padded: (B, S, ...), any dtype.
+        attention_mask: (B, S), ones then zeros in each row (right padding).
+
+    Returns:
+        tokens (B*S, ...) with live tokens first and zeros after; cu_seqlens (B+1,) int32.
+    """
+    return dispatch("pack", padded, attention_mask)
+
+
+def unpack(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    """Packed ``(T, ...)`` to padded ``(B, max_seqlen, ...)`` with zeros in the padding."""
+    return dispatch("unpack", tokens, cu_seqlens, max_seqlen)

@@ -1,0 +1,233 @@
+"""Plain-PyTorch reference of every cascade_rt op.
+
+Each ``*_ref`` function here is the oracle the fast paths (Triton kernels, the native
+extension) are tested against, and the fallback on devices no fast path supports. They
+compute in fp32 whatever the input dtype and cast back at the end.
+
+Shared conventions (the "packed layout"):
+
+* ``tokens``: ``(T, ...)``: per-token data of all rows packed back to back, no padding.
+  ``T`` is an *upper bound*: tokens at positions ``>= cu_seqlens[-1]`` are dead (their
+  value is unspecified on input and zero on output of the ops that produce them).
+* ``cu_seqlens``: ``(B + 1,), int32``: row ``b`` owns tokens ``cu_seqlens[b]:cu_seqlens[b+1]``.
+  Rows past the live row count are zero-length (trailing entries repeat the total).
+* ``row_index``: ``(B,), int64``: the original input row of each packed row, ``-1`` for a dead
+  (padding) row.
+
+None of the references synchronise with the host except ``varlen_attention_ref``, which
+walks the sequences on the host (it is an oracle, not a fast path).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "varlen_attention_ref",
+    "add_layer_norm_ref",
+    "exit_head_ref",
+    "compact_ref",
+    "scatter_exits_ref",
+    "pack_ref",
+    "unpack_ref",
+    "token_row_ids_ref",
+]
+
+
+def token_row_ids_ref(cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Row id of every token slot ``0..num_tokens-1``; ``B`` (one past the last row) for dead slots.
+
+    cu_seqlens: (B+1,), int32.  Returns (num_tokens,), int64.  No host sync.
+    """
+    pos = torch.arange(num_tokens, device=cu_seqlens.device, dtype=torch.int64)
+    cu = cu_seqlens.to(torch.int64)
+    # row b holds positions cu[b] <= p < cu[b+1]; searchsorted over cu[1:] with right=True
+    # gives that b; dead slots (p >= cu[-1]) land at B.
+    return torch.searchsorted(cu[1:].contiguous(), pos, right=True)
+
+
+def varlen_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Bidirectional attention inside each packed sequence.
+
+    q, k, v: (T, H, D), same float dtype.  cu_seqlens: (B+1,), int32.  max_seqlen: upper
+    bound of any sequence length (unused here; kept for the shared signature).
+    Returns (T, H, D) in q's dtype; dead token slots are zero.
+    """
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    bounds = cu_seqlens.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e <= s:
+            continue
+        qi = q[s:e].transpose(0, 1).float()  # (H, L, D)
+        ki = k[s:e].transpose(0, 1).float()
+        vi = v[s:e].transpose(0, 1).float()
+        scores = torch.matmul(qi, ki.transpose(-1, -2)) * softmax_scale
+        probs = torch.softmax(scores, dim=-1)
+        out[s:e] = torch.matmul(probs, vi).transpose(0, 1)
+    return out.to(q.dtype)
+
+
+def add_layer_norm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """``LayerNorm(x + residual)`` over the last dim with fp32 statistics.
+
+    x, residual: (N, H), same dtype.  weight, bias: (H,).  Returns (N, H) in x's dtype.
+    """
+    h = x.float() + residual.float()
+    y = F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps)
+    return y.to(x.dtype)
+
+
+def exit_head_ref(
+    cls_hidden: torch.Tensor,
+    pooler_w: torch.Tensor,
+    pooler_b: torch.Tensor,
+    cls_w: torch.Tensor,
+    cls_b: torch.Tensor,
+    threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pooler (dense + tanh), classifier, softmax, max probability and threshold test.
+
+    cls_hidden: (B, H).  pooler_w: (H, H), pooler_b: (H,).  cls_w: (C, H), cls_b: (C,).
+    threshold: confidence needed to exit, compared in fp32.
+    Returns logits (B, C) float32, confidence (B,) float32, exit_mask (B,) bool
+    (``confidence >= threshold``).
+    """
+    pooled = torch.tanh(F.linear(cls_hidden.float(), pooler_w.float(), pooler_b.float()))
+    logits = F.linear(pooled, cls_w.float(), cls_b.float())
+    confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
+    thr = torch.tensor(threshold, dtype=torch.float32)
+    exit_mask = confidence >= thr.to(confidence.device)
+    return logits, confidence, exit_mask
+
+
+def compact_ref(
+    exit_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop the rows that exit and keep the others' tokens packed, in order.
+
+    exit_mask: (B,), bool: True for rows that leave.  tokens: (T, ...), any dtype: per-token
+    data (token ids, token types, hidden states).  cu_seqlens: (B+1,), int32.
+
+    Returns, all sized by the input (upper bounds), with no host sync:
+      tokens_kept: (T, ...): the surviving rows' tokens first, zeros after.
+      cu_seqlens_kept: (B+1,), int32: kept rows first, then zero-length rows.
+      row_index: (B,), int64: the input row of each kept row, -1 past the kept count.
+      n_kept: (), int32: number of kept rows.
+    """
+    B = exit_mask.shape[0]
+    T = tokens.shape[0]
+    dev = tokens.device
+    keep = ~exit_mask.to(torch.bool)
+    cu = cu_seqlens.to(torch.int64)
+    lens = cu[1:] - cu[:-1]
+
+    rank = torch.cumsum(keep.to(torch.int64), 0) - 1
+    dest = torch.where(keep, rank, torch.full_like(rank, B))  # B = scratch slot
+    row_index = torch.full((B + 1,), -1, dtype=torch.int64, device=dev)
+    row_index.index_copy_(0, dest, torch.arange(B, device=dev, dtype=torch.int64))
+    new_lens = torch.zeros(B + 1, dtype=torch.int64, device=dev)
+    new_lens.index_copy_(0, dest, lens)
+    cu_kept = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    cu_kept[1:] = torch.cumsum(new_lens[:B], 0).to(torch.int32)
+
+    row_of_tok = token_row_ids_ref(cu_seqlens, T)  # B for dead slots
+    keep_ext = torch.cat([keep, keep.new_zeros(1)])
+    keep_tok = keep_ext[row_of_tok]
+    tok_rank = torch.cumsum(keep_tok.to(torch.int64), 0) - 1
+    tok_dest = torch.where(keep_tok, tok_rank, torch.full_like(tok_rank, T))
+    out = torch.zeros((T + 1,) + tuple(tokens.shape[1:]), dtype=tokens.dtype, device=dev)
+    out.index_copy_(0, tok_dest, tokens)
+    n_kept = keep.sum().to(torch.int32)
+    return out[:T], cu_kept, row_index[:B], n_kept
+
+
+def scatter_exits_ref(
+    exit_mask: torch.Tensor,
+    row_index: torch.Tensor,
+    logits: torch.Tensor,
+    confidence: torch.Tensor,
+    tier: int,
+    out_logits: torch.Tensor,
+    out_confidence: torch.Tensor,
+    out_tier: torch.Tensor,
+) -> None:
+    """Write the exiting rows' results to their input rows, in place.
+
+    exit_mask: (B,), bool.  row_index: (B,), int64 (-1: dead row, never written).
+    logits: (B, C) float32.  confidence: (B,) float32.  tier: this tier's index.
+    out_logits: (N, C) float32, out_confidence: (N,) float32, out_tier: (N,) int64: the
+    cascade's outputs in input order (N >= every valid row_index), mutated in place.
+    """
+    N = out_logits.shape[0]
+    write = exit_mask.to(torch.bool) & (row_index >= 0)
+    dest = torch.where(write, row_index, torch.full_like(row_index, N))
+    ext_l = torch.cat([out_logits, out_logits.new_zeros((1,) + tuple(out_logits.shape[1:]))])
+    ext_c = torch.cat([out_confidence, out_confidence.new_zeros(1)])
+    ext_t = torch.cat([out_tier, out_tier.new_zeros(1)])
+    ext_l.index_copy_(0, dest, logits.to(out_logits.dtype))
+    ext_c.index_copy_(0, dest, confidence.to(out_confidence.dtype))
+    ext_t.index_copy_(0, dest, torch.full_like(dest, tier).to(out_tier.dtype))
+    out_logits.copy_(ext_l[:N])
+    out_confidence.copy_(ext_c[:N])
+    out_tier.copy_(ext_t[:N])
+
+
+def pack_ref(
+    padded: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ``(B, S, ...)`` rows with a right-padding mask to the packed layout.
+
+    padded: (B, S, ...), any dtype.  attention_mask: (B, S), ones then zeros in every row.
+    Returns tokens (B*S, ...) (live tokens first, zeros after) and cu_seqlens (B+1,) int32.
+    No host sync.
+    """
+    B, S = attention_mask.shape
+    dev = padded.device
+    lens = attention_mask.to(torch.int64).sum(1)
+    cu = torch.zeros(B + 1, dtype=torch.int64, device=dev)
+    cu[1:] = torch.cumsum(lens, 0)
+    col = torch.arange(S, device=dev, dtype=torch.int64)
+    live = col[None, :] < lens[:, None]
+    dest = torch.where(live, cu[:-1, None] + col[None, :], torch.full_like(live, B * S, dtype=torch.int64))
+    out = torch.zeros((B * S + 1,) + tuple(padded.shape[2:]), dtype=padded.dtype, device=dev)
+    out.index_copy_(0, dest.reshape(-1), padded.reshape((B * S,) + tuple(padded.shape[2:])))
+    return out[: B * S], cu.to(torch.int32)
+
+
+def unpack_ref(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    """Packed ``(T, ...)`` back to padded ``(B, max_seqlen, ...)``, zeros in the padding.
+
+    Rows longer than ``max_seqlen`` are cut.  No host sync.
+    """
+    B = cu_seqlens.shape[0] - 1
+    dev = tokens.device
+    cu = cu_seqlens.to(torch.int64)
+    col = torch.arange(max_seqlen, device=dev, dtype=torch.int64)
+    lens = cu[1:] - cu[:-1]
+    live = col[None, :] < lens[:, None]
+    src = torch.where(live, cu[:-1, None] + col[None, :], torch.zeros_like(col)[None, :])
+    src = src.clamp(max=max(tokens.shape[0] - 1, 0))
+    if tokens.shape[0] == 0:
+        return tokens.new_zeros((B, max_seqlen) + tuple(tokens.shape[1:]))
+    out = tokens[src.reshape(-1)].reshape((B, max_seqlen) + tuple(tokens.shape[1:]))
+    mask = live.reshape((B, max_seqlen) + (1,) * (tokens.dim() - 1))
+    return torch.where(mask, out, torch.zeros_like(out))

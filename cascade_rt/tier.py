@@ -1,0 +1,229 @@
+"""One padding-free BERT sequence classifier (a cascade tier).
+
+Module and parameter names mirror ``transformers.BertForSequenceClassification`` exactly,
+so ``tier.state_dict()`` is a Hugging Face state dict and HF checkpoints load with strict key
+matching (see :mod:`cascade_rt.checkpoint`). The tier never pads: it runs on packed tokens
+``(T,)`` with ``cu_seqlens``; padded ``(B, S)`` input is packed on the device first.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .config import TierConfig
+from .inputs import PackedBatch, prepare_inputs
+from .reference import token_row_ids_ref
+
+__all__ = ["Tier"]
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+
+class _DenseLayerNorm(nn.Module):
+    def __init__(self, d_in: int, d_out: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+
+
+class _Dense(nn.Module):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.add_module("self", _SelfAttention(cfg))
+        self.output = _DenseLayerNorm(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps)
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.attention = _Attention(cfg)
+        self.intermediate = _Dense(cfg.hidden_size, cfg.intermediate_size)
+        self.output = _DenseLayerNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
+        self._qkv_cache: tuple | None = None
+
+    def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query/key/value weights fused to (3H, H) and (3H,); rebuilt when any of them changes."""
+        sa = getattr(self.attention, "self")
+        params = (sa.query.weight, sa.key.weight, sa.value.weight, sa.query.bias, sa.key.bias, sa.value.bias)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            with torch.no_grad():
+                w = torch.cat(params[:3], 0)
+                b = torch.cat(params[3:], 0)
+            self._qkv_cache = (key, w, b)
+        return self._qkv_cache[1], self._qkv_cache[2]
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+class _Pooler(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+
+class _Bert(nn.Module):
+    def __init__(self, cfg: TierConfig):
+        super().__init__()
+        self.embeddings = _Embeddings(cfg)
+        self.encoder = _Encoder(cfg)
+        self.pooler = _Pooler(cfg)
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unsupported hidden_act {name!r}")
+
+
+class Tier(nn.Module):
+    """A BERT sequence classifier that runs padding-free.
+
+    ``Tier(config)`` builds it with uninitialised weights; load them with
+    :func:`cascade_rt.checkpoint.load_tier` or ``Tier.from_pretrained(dir)``.
+    Calling the module returns logits ``(B, num_labels)`` float32.
+    """
+
+    def __init__(self, config: TierConfig):
+        super().__init__()
+        self.config = config
+        self.bert = _Bert(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._act = _activation(config.hidden_act)
+        self.source_dir: str | None = None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "Tier":
+        from .checkpoint import load_tier
+
+        return load_tier(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` loadable by ``transformers``."""
+        from .checkpoint import save_tier
+
+        save_tier(self, path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.classifier.weight.dtype
+
+    # -- the padding-free forward ----------------------------------------------------------
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+    ) -> torch.Tensor:
+        """Run embeddings and every layer on packed tokens.
+
+        Args:
+            input_ids, token_type_ids: (T,), int64, packed; slots past ``cu_seqlens[-1]``
+                are dead (any valid id).
+            cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row's length.
+
+        Returns:
+            hidden states (T, hidden_size) in the tier's dtype.
+        """
+        cfg = self.config
+        emb = self.bert.embeddings
+        T = input_ids.shape[0]
+        row = token_row_ids_ref(cu_seqlens, T)
+        starts = torch.cat([cu_seqlens.to(torch.int64), cu_seqlens.new_zeros(1).to(torch.int64)])
+        # position of each token inside its row; dead slots clamp into range (results unused)
+        pos = torch.arange(T, device=input_ids.device) - starts[row]
+        pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
+        x = emb.word_embeddings(input_ids) + emb.position_embeddings(pos)
+        x = ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
+                               emb.LayerNorm.bias, cfg.layer_norm_eps)
+        H, D = cfg.num_attention_heads, cfg.head_dim
+        scale = 1.0 / math.sqrt(D)
+        for layer in self.bert.encoder.layer:
+            w_qkv, b_qkv = layer.qkv_weights()
+            qkv = F.linear(x, w_qkv, b_qkv).view(T, 3, H, D)
+            ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, scale)
+            ao = layer.attention.output
+            attn = F.linear(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
+            x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps)
+            h = self._act(F.linear(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
+            fo = layer.output
+            h = F.linear(h, fo.dense.weight, fo.dense.bias)
+            x = ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps)
+        return x
+
+    @staticmethod
+    def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) first-token ([CLS]) state of every row; dead rows read a clamped slot."""
+        if hidden.shape[0] == 0:
+            return hidden.new_zeros((cu_seqlens.shape[0] - 1, hidden.shape[1]))
+        idx = cu_seqlens[:-1].to(torch.int64).clamp(max=hidden.shape[0] - 1)
+        return hidden.index_select(0, idx)
+
+    def exit_head(self, cls_hidden: torch.Tensor, threshold: float):
+        """Fused pooler + classifier + confidence test; see :func:`cascade_rt.ops.exit_head`."""
+        return ops.exit_head(
+            cls_hidden, self.bert.pooler.dense.weight, self.bert.pooler.dense.bias,
+            self.classifier.weight, self.classifier.bias, threshold,
+        )
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        hidden = self.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen)
+        logits, _, _ = self.exit_head(self.first_tokens(hidden, batch.cu_seqlens), 1.0)
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, num_labels) float32 for padded ``(B, S)`` or packed ``(T,)`` input."""
+        batch = prepare_inputs(
+            input_ids, attention_mask, token_type_ids, cu_seqlens, max_seqlen,
+            limits=[self.config], device=self.device, check=True,
+        )
+        if batch.num_rows == 0:
+            return torch.zeros((0, self.config.num_labels), dtype=torch.float32, device=self.device)
+        return self.forward_packed(batch)

@@ -1,0 +1,1 @@
+"""Triton kernels of cascade_rt, one file per op (installed as ``cascade_rt.kernels``)."""
