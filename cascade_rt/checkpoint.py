@@ -133,12 +133,14 @@ def make_classifier_checkpoint(
     num_labels: int = 2,
     num_layers: int | None = None,
     seed: int = 0,
+    init_std: float | None = None,
 ) -> Path:
     """Turn a BERT encoder checkpoint (``BertModel``) into a sequence-classifier directory.
 
     Keeps the first ``num_layers`` layers (all by default), keeps the encoder's pooler if it
     has one, and adds a classifier ``(num_labels, hidden)`` initialised like Hugging Face does
-    (normal, std ``initializer_range``; zero bias) from ``seed``. The tokenizer files are copied.
+    (normal, std ``initializer_range`` unless ``init_std`` is given; zero bias) from ``seed``.
+    The tokenizer files are copied.
     Returns ``out_dir``.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
@@ -160,7 +162,7 @@ def make_classifier_checkpoint(
             continue
         keep[k] = v
     hidden = int(cfg["hidden_size"])
-    std = float(cfg.get("initializer_range", 0.02))
+    std = float(cfg.get("initializer_range", 0.02)) if init_std is None else float(init_std)
     g = torch.Generator().manual_seed(seed)
     if "bert.pooler.dense.weight" not in keep:
         keep["bert.pooler.dense.weight"] = torch.randn(hidden, hidden, generator=g) * std

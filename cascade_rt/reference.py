@@ -58,20 +58,22 @@ def varlen_attention_ref(
 ) -> torch.Tensor:
     """Bidirectional attention inside each packed sequence.
 
-    q, k, v: (T, H, D), same float dtype.  cu_seqlens: (B+1,), int32.  max_seqlen: upper
+    q, k, v: (T, H, D), same float dtype (computed in fp32, or fp64 for fp64 input).
+    cu_seqlens: (B+1,), int32.  max_seqlen: upper
     bound of any sequence length (unused here; kept for the shared signature).
     Returns (T, H, D) in q's dtype; dead token slots are zero.
     """
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    out = torch.zeros(q.shape, dtype=acc, device=q.device)
     bounds = cu_seqlens.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e <= s:
             continue
-        qi = q[s:e].transpose(0, 1).float()  # (H, L, D)
-        ki = k[s:e].transpose(0, 1).float()
-        vi = v[s:e].transpose(0, 1).float()
+        qi = q[s:e].transpose(0, 1).to(acc)  # (H, L, D)
+        ki = k[s:e].transpose(0, 1).to(acc)
+        vi = v[s:e].transpose(0, 1).to(acc)
         scores = torch.matmul(qi, ki.transpose(-1, -2)) * softmax_scale
         probs = torch.softmax(scores, dim=-1)
         out[s:e] = torch.matmul(probs, vi).transpose(0, 1)
@@ -89,8 +91,9 @@ def add_layer_norm_ref(
 
     x, residual: (N, H), same dtype.  weight, bias: (H,).  Returns (N, H) in x's dtype.
     """
-    h = x.float() + residual.float()
-    y = F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    h = x.to(acc) + residual.to(acc)
+    y = F.layer_norm(h, (h.shape[-1],), weight.to(acc), bias.to(acc), eps)
     return y.to(x.dtype)
 
 

