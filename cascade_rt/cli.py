@@ -11,7 +11,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("cascade_rt.infer_demo", "the main job on the shipped model and data"),
+    "demo": ("cascade_rt.demo", "train a cascade on the shipped data, compare with early exit, plot"),
     "infer": ("cascade_rt.infer_demo", "two-tier inference demo on the shipped MiniLM weights"),
     "info": ("cascade_rt.info", "versions and available backends"),
 }

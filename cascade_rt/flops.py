@@ -64,3 +64,15 @@ def analytic_speedup(configs: Sequence, lengths: Sequence[int], exit_tier: Seque
     per_tier = [[n for n, t in zip(lengths, exit_tier) if t >= i] for i in range(len(configs))]
     cost = cascade_flops(configs, per_tier)
     return tier_flops(configs[-1], lengths) / cost if cost else float("nan")
+
+
+def early_exit_flops(config, lengths: Sequence[int], exit_layer: Sequence[int]) -> int:
+    """FLOPs of dynamic early exit on one backbone: row ``r`` runs layers ``0..exit_layer[r]``
+    and the exit head after each of them."""
+    cfg = _cfg(config)
+    H, I, C = cfg.hidden_size, cfg.intermediate_size, cfg.num_labels
+    total = 0
+    for n, e in zip(lengths, exit_layer):
+        layers = int(e) + 1
+        total += layers * (n * 2 * (4 * H * H + 2 * H * I) + 2 * 2 * n * n * H + 2 * (H * H + H * C))
+    return total

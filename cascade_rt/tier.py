@@ -164,6 +164,13 @@ class Tier(nn.Module):
         Returns:
             hidden states (T, hidden_size) in the tier's dtype.
         """
+        x = self.embed(input_ids, token_type_ids, cu_seqlens)
+        for i in range(self.config.num_hidden_layers):
+            x = self.run_layer(i, x, cu_seqlens, max_seqlen)
+        return x
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Embeddings + LayerNorm of packed tokens: (T,) ids/types -> (T, hidden)."""
         cfg = self.config
         emb = self.bert.embeddings
         T = input_ids.shape[0]
@@ -173,22 +180,25 @@ class Tier(nn.Module):
         pos = torch.arange(T, device=input_ids.device) - starts[row]
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
         x = emb.word_embeddings(input_ids) + emb.position_embeddings(pos)
-        x = ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
-                               emb.LayerNorm.bias, cfg.layer_norm_eps)
+        return ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
+                                  emb.LayerNorm.bias, cfg.layer_norm_eps)
+
+    def run_layer(self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """Encoder layer ``i`` on packed hidden states (T, hidden) -> (T, hidden)."""
+        cfg = self.config
+        layer = self.bert.encoder.layer[i]
+        T = x.shape[0]
         H, D = cfg.num_attention_heads, cfg.head_dim
-        scale = 1.0 / math.sqrt(D)
-        for layer in self.bert.encoder.layer:
-            w_qkv, b_qkv = layer.qkv_weights()
-            qkv = F.linear(x, w_qkv, b_qkv).view(T, 3, H, D)
-            ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, scale)
-            ao = layer.attention.output
-            attn = F.linear(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
-            x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps)
-            h = self._act(F.linear(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
-            fo = layer.output
-            h = F.linear(h, fo.dense.weight, fo.dense.bias)
-            x = ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps)
-        return x
+        w_qkv, b_qkv = layer.qkv_weights()
+        qkv = F.linear(x, w_qkv, b_qkv).view(T, 3, H, D)
+        ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D))
+        ao = layer.attention.output
+        attn = F.linear(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
+        x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps)
+        h = self._act(F.linear(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
+        fo = layer.output
+        h = F.linear(h, fo.dense.weight, fo.dense.bias)
+        return ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps)
 
     @staticmethod
     def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

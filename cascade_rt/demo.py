@@ -1,0 +1,294 @@
+"""The main job (``cascade-rt demo``): train a calibrated cascade on real data and compare it
+with dynamic early exit, on a CPU in minutes.
+
+Steps, each cached under ``<cache>/demo/<data>_s<seed>_len<max_len>/`` so a second run is fast:
+1. tiers from the shipped MiniLM: its first ``--small-layers`` layers and all 6 layers;
+2. fine-tune the 6-layer tier (its final head doubles as the early-exit backbone);
+3. difficulty labels: k-fold held-out predictions of the small tier on the training split;
+4. the small tier with DAO and without (the ablation);
+5. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
+6. per target speed-up, thresholds chosen on dev; accuracy, ECE, DIS, analytic and measured
+   speed-up (wall clock, same run, against the 6-layer tier alone) on test.
+Writes ``sweep.json`` (a list of points) and ``sweep.png`` (accuracy against speed-up, and a
+reliability diagram) into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import CascadeBert, flops, make_classifier_checkpoint
+from .paths import cache_dir, shipped_minilm_dir
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="movies", help="shipped set (movies, tweets, amazon, nyt) or a CSV/JSONL file")
+    p.add_argument("--small-layers", type=int, nargs="+", default=[1],
+                   help="layers of the small tier(s) cut from the shipped MiniLM (smallest first)")
+    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0, 4.0],
+                   help="analytic speed-ups to choose thresholds for")
+    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--folds", type=int, default=3, help="folds for the difficulty labels")
+    p.add_argument("--margin", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _step(msg: str) -> float:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    return time.perf_counter()
+
+
+def _timed_run(model, enc, batch: int) -> tuple[float, dict]:
+    """Wall time of ``model`` over all rows in input order, batches of ``batch``; outputs."""
+    N = enc["input_ids"].shape[0]
+    outs = {"logits": [], "exit_tier": [], "confidence": [], "rows": None}
+    t0 = time.perf_counter()
+    for s in range(0, N, batch):
+        sl = {k: v[s:s + batch] for k, v in enc.items()}
+        n = int(sl["attention_mask"].sum(1).max())
+        sl = {k: v[:, :n] for k, v in sl.items()}
+        o = model(**sl)
+        outs["logits"].append(o.logits)
+        outs["exit_tier"].append(o.exit_tier)
+        outs["confidence"].append(o.confidence)
+        outs["rows"] = o.rows_per_tier if outs["rows"] is None else outs["rows"] + o.rows_per_tier
+    dt = time.perf_counter() - t0
+    return dt, {k: (torch.cat(v) if isinstance(v, list) else v) for k, v in outs.items()}
+
+
+def _padded(data, idx=None):
+    from .train import collate
+
+    idx = list(range(len(data))) if idx is None else idx
+    return collate(data, idx)
+
+
+def run(args) -> int:
+    from transformers import BertTokenizer
+
+    from .data import load_dataset
+    from .early_exit import EarlyExitBert, layer_cls_features, train_exit_heads
+    from .evaluate import dis, ece, f1_binary, reliability_bins, row_costs, search_thresholds, simulate_exits
+    from .tier import Tier
+    from .train import TrainConfig, difficulty_labels, encode, finetune, predict_probs
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.manual_seed(args.seed)
+    src = shipped_minilm_dir()
+    splits = load_dataset(args.data, seed=args.seed)
+    print(splits.describe())
+    tok = BertTokenizer(vocab=str(src / "vocab.txt"))
+    tr, dv, te = (encode(tok, getattr(splits, p), args.max_len) for p in ("train", "dev", "test"))
+    print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
+    root = cache_dir() / "demo" / f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}"
+    root.mkdir(parents=True, exist_ok=True)
+    C = splits.num_labels
+    small_layers = sorted(args.small_layers)
+    cfg = TrainConfig(epochs=args.epochs, lr=1e-4, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam)
+
+    def base(n):
+        d = root / f"init_l{n}"
+        if not (d / "model.safetensors").is_file():
+            make_classifier_checkpoint(src, d, num_labels=C, num_layers=n, seed=args.seed)
+        return d
+
+    def trained(name, n, **kw):
+        d = root / name
+        if not (d / "model.safetensors").is_file():
+            t = _step(f"fine-tuning {name} ({n} layer{'s' if n > 1 else ''}, {len(tr)} rows)")
+            finetune(base(n), tr, d, cfg if not kw else TrainConfig(**{**vars(cfg), **kw.get("over", {})}),
+                     easy=kw.get("easy"), desc=name, quiet=args.quiet)
+            print(f"  done in {time.perf_counter() - t:.0f} s")
+        else:
+            print(f"cached: {d}")
+        return d
+
+    large = trained("large_l6", 6)
+    t = _step(f"difficulty labels: {args.folds}-fold held-out predictions of the {small_layers[0]}-layer tier")
+    diff = difficulty_labels(base(small_layers[0]), tr, cfg, folds=args.folds, extra={"test": te, "dev": dv},
+                             cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}.json", quiet=args.quiet)
+    easy = diff["easy"]
+    print(f"  {sum(easy)} easy / {len(easy) - sum(easy)} hard training rows ({time.perf_counter() - t:.0f} s)")
+    smalls_dao = [trained(f"small_l{n}_dao", n, easy=easy, over={"dao": True}) for n in small_layers]
+    smalls_ce = [trained(f"small_l{n}_ce", n) for n in small_layers]
+
+    ee_dir = root / "early_exit"
+    if not (ee_dir / "exit_heads.safetensors").is_file():
+        t = _step("early-exit baseline: exit heads on the frozen 6-layer backbone")
+        backbone = Tier.from_pretrained(large)
+        heads = train_exit_heads(backbone, tr, seed=args.seed)
+        EarlyExitBert(backbone, heads).save_pretrained(ee_dir)
+        print(f"  done in {time.perf_counter() - t:.0f} s")
+    early = EarlyExitBert.from_pretrained(ee_dir)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    _step("evaluating on dev (threshold search) and test")
+    labels_dv, labels_te = np.array(dv.labels), np.array(te.labels)
+    easy_te = np.array(diff["extra"]["test"]["easy"])
+    tiers = {d: Tier.from_pretrained(d) for d in [*smalls_dao, *smalls_ce, large]}
+    probs = {d: (predict_probs(t, dv), predict_probs(t, te)) for d, t in tiers.items()}
+    cfgs = {d: tiers[d].config for d in tiers}
+    feats = {name: layer_cls_features(early.backbone, s) for name, s in (("dev", dv), ("test", te))}
+    with torch.no_grad():
+        ee_probs = {name: [torch.softmax(h(f[:, i]), -1) for i, h in enumerate(early.heads)]
+                    + [probs[large][k]] for k, (name, f) in enumerate(feats.items())}
+
+    def costs(seq_cfgs, lengths):
+        return row_costs([[flops.tier_flops(c, [n]) for n in lengths] for c in seq_cfgs])
+
+    def ee_costs(lengths):
+        c = early.backbone.config
+        return row_costs([[flops.early_exit_flops(c, [n], [0]) for n in lengths]] * c.num_hidden_layers)
+
+    full_dv = sum(flops.tier_flops(cfgs[large], [n]) for n in dv.lengths)
+    enc_te = _padded(te)
+    full_model = CascadeBert([tiers[large]], []).eval()
+    t_full, o_full = _timed_run(full_model, enc_te, args.batch)
+    full_acc_te = float((o_full["logits"].argmax(-1).numpy() == labels_te).mean())
+    full_conf = o_full["confidence"].numpy()
+    full_correct = o_full["logits"].argmax(-1).numpy() == labels_te
+    points = [{
+        "method": "full", "thresholds": [], "accuracy": full_acc_te,
+        "ece": ece(full_conf, full_correct), "dis": dis(full_conf, easy_te),
+        "speedup_analytic": 1.0, "speedup_measured": 1.0, "rows_per_tier": [len(te)],
+        "f1": f1_binary(o_full["logits"].argmax(-1).numpy(), labels_te) if C == 2 else None,
+        "seconds": t_full,
+    }]
+    print(f"6-layer tier alone: test accuracy {full_acc_te:.4f}, {t_full:.2f} s for {len(te)} rows")
+    reliab = {"full": (full_conf, full_correct)}
+
+    methods = {"cascade": smalls_dao, "cascade_no_dao": smalls_ce}
+    for method, smalls in methods.items():
+        dirs = [*smalls, large]
+        cum_dv = costs([cfgs[d] for d in dirs], dv.lengths)
+        model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls)).eval()
+        for target in args.targets:
+            ths, _, _ = search_thresholds([probs[d][0] for d in dirs], labels_dv, cum_dv, full_dv,
+                                          target_speedup=target)
+            model.set_thresholds(ths)
+            dt, o = _timed_run(model, enc_te, args.batch)
+            pred = o["logits"].argmax(-1).numpy()
+            conf = o["confidence"].numpy()
+            exit_t = o["exit_tier"].numpy()
+            sim_stage, _, _ = simulate_exits([probs[d][1] for d in dirs], ths)
+            agree = float((sim_stage == exit_t).mean())
+            pt = {
+                "method": method, "thresholds": ths, "accuracy": float((pred == labels_te).mean()),
+                "ece": ece(conf, pred == labels_te),
+                "dis": dis(probs[dirs[0]][1].amax(-1).numpy(), easy_te),
+                "speedup_analytic": flops.analytic_speedup([cfgs[d] for d in dirs], te.lengths, exit_t.tolist()),
+                "speedup_measured": t_full / dt, "rows_per_tier": o["rows"].tolist(),
+                "f1": f1_binary(pred, labels_te) if C == 2 else None,
+                "target_speedup": target, "seconds": dt, "exit_agreement_with_simulation": agree,
+            }
+            points.append(pt)
+            if target == 2.0:
+                reliab[method] = (conf, pred == labels_te)
+
+    cum_ee_dv = ee_costs(dv.lengths)
+    for target in args.targets:
+        # one shared threshold for every internal head, DeeBERT-style: 1-D search on dev
+        best = None
+        for thr in np.unique(np.quantile(torch.cat([p.amax(-1) for p in ee_probs["dev"][:-1]]).numpy(),
+                                         np.linspace(0, 1, 200))):
+            stage, pred, _ = simulate_exits(ee_probs["dev"], [float(thr)] * (len(ee_probs["dev"]) - 1))
+            sp = full_dv / cum_ee_dv[stage, np.arange(len(stage))].sum()
+            acc = float((pred == labels_dv).mean())
+            key = (sp >= target, acc if sp >= target else sp)
+            if best is None or key > best[0]:
+                best = (key, float(thr))
+        thr = min(max(best[1], 0.0), 1.0)
+        early.threshold = thr
+        dt, o = _timed_run(early, enc_te, args.batch)
+        pred = o["logits"].argmax(-1).numpy()
+        conf = o["confidence"].numpy()
+        exit_l = o["exit_tier"].numpy()
+        sp_an = (sum(flops.tier_flops(early.backbone.config, [n]) for n in te.lengths)
+                 / flops.early_exit_flops(early.backbone.config, te.lengths, exit_l.tolist()))
+        points.append({
+            "method": "early_exit", "thresholds": [thr], "accuracy": float((pred == labels_te).mean()),
+            "ece": ece(conf, pred == labels_te), "dis": dis(ee_probs["test"][0].amax(-1).numpy(), easy_te),
+            "speedup_analytic": sp_an, "speedup_measured": t_full / dt, "rows_per_tier": o["rows"].tolist(),
+            "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": target, "seconds": dt,
+        })
+        if target == 2.0:
+            reliab["early_exit"] = (conf, pred == labels_te)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"data": splits.name, "small_layers": small_layers, "large_layers": 6, "max_len": args.max_len,
+            "epochs": args.epochs, "folds": args.folds, "margin": args.margin, "lam": args.lam,
+            "seed": args.seed, "threads": torch.get_num_threads(), "test_rows": len(te),
+            "torch": torch.__version__, "wall_seconds": None}
+    (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
+    _plot(points, reliab, out / "sweep.png", reliability_bins)
+    print()
+    print(f"{'method':<15} {'target':>6} {'thresholds':<18} {'acc':>6} {'drop':>6} {'ECE':>6} {'DIS':>6} "
+          f"{'sp_an':>6} {'sp_meas':>7}  rows per tier")
+    for p in points:
+        ths = ",".join(f"{t:.3f}" for t in p["thresholds"]) or "-"
+        d = "-" if p["dis"] is None else f"{p['dis']:.3f}"
+        print(f"{p['method']:<15} {p.get('target_speedup', 1.0):>6.1f} {ths:<18} {p['accuracy']:>6.3f} "
+              f"{(full_acc_te - p['accuracy']) * 100:>5.1f}p {p['ece']:>6.3f} {d:>6} "
+              f"{p['speedup_analytic']:>6.2f} {p['speedup_measured']:>7.2f}  {p['rows_per_tier']}")
+    meta["wall_seconds"] = time.perf_counter() - t_start
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"\nwrote {out / 'sweep.json'} and {out / 'sweep.png'} ({meta['wall_seconds']:.0f} s in all)")
+    return 0
+
+
+def _plot(points, reliab, path, reliability_bins) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"cascade": ("C0", "o", "cascade (DAO)"), "cascade_no_dao": ("C1", "s", "cascade (no DAO)"),
+              "early_exit": ("C2", "^", "early exit (DeeBERT-style)"), "full": ("k", "*", "6-layer alone")}
+    for m, (col, mk, lab) in styles.items():
+        pts = sorted((p for p in points if p["method"] == m), key=lambda p: p["speedup_measured"])
+        if not pts:
+            continue
+        ax.plot([p["speedup_measured"] for p in pts], [100 * p["accuracy"] for p in pts], marker=mk,
+                color=col, label=lab)
+        ax.plot([p["speedup_analytic"] for p in pts], [100 * p["accuracy"] for p in pts], marker=mk,
+                color=col, ls=":", alpha=0.5, mfc="none")
+    ax.set_xlabel("speed-up over the 6-layer tier (solid: measured, dotted: analytic)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax2.plot([0, 1], [0, 1], "k--", lw=1)
+    for m, (conf, corr) in reliab.items():
+        centres, acc, _ = reliability_bins(conf, corr)
+        ax2.plot(centres, acc, marker=styles[m][1], color=styles[m][0], label=styles[m][2])
+    ax2.set_xlabel("confidence")
+    ax2.set_ylabel("accuracy")
+    ax2.set_title("reliability (points at 2x target)", fontsize=9)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    raise SystemExit(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

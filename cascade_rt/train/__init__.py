@@ -1,0 +1,261 @@
+"""Fine-tuning tiers, difficulty labels and the difficulty-aware objective (DAO).
+
+Tiers train as ``transformers.BertForSequenceClassification`` (dropout, autograd) and are
+saved with ``save_pretrained``, so every trained tier loads in ``transformers`` and in
+:class:`cascade_rt.CascadeBert` alike.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Encoded", "encode", "batches", "dao_loss", "TrainConfig", "finetune", "predict_probs",
+           "difficulty_labels"]
+
+
+@dataclass
+class Encoded:
+    """Tokenised examples: ``ids[i]``/``types[i]`` lists of ints, ``labels[i]`` int."""
+
+    ids: list[list[int]]
+    types: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: Sequence[int]) -> "Encoded":
+        return Encoded([self.ids[i] for i in idx], [self.types[i] for i in idx], [self.labels[i] for i in idx])
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def encode(tokenizer, examples, max_len: int = 64) -> Encoded:
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples]
+    kw = dict(truncation=True, max_length=max_len)
+    enc = tokenizer(texts, pairs, **kw) if any(p is not None for p in pairs) else tokenizer(texts, **kw)
+    return Encoded(enc["input_ids"], enc["token_type_ids"], [e.label for e in examples])
+
+
+def collate(data: Encoded, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for rows ``idx`` (padding to the longest row of the batch)."""
+    S = max(len(data.ids[i]) for i in idx)
+    ids = torch.zeros(len(idx), S, dtype=torch.int64)
+    types = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for r, i in enumerate(idx):
+        n = len(data.ids[i])
+        ids[r, :n] = torch.tensor(data.ids[i])
+        types[r, :n] = torch.tensor(data.types[i])
+        mask[r, :n] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def batches(lengths: Sequence[int], batch_size: int, seed: int | None) -> list[list[int]]:
+    """Length-bucketed batches (little padding); shuffled with ``seed`` (None: in order)."""
+    order = list(range(len(lengths)))
+    if seed is None:
+        order.sort(key=lambda i: lengths[i])
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    out = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: lengths[i])
+        out += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def dao_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    easy: torch.Tensor,
+    margin: float = 0.5,
+    lam: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy plus ``lam`` times a margin ranking loss on max-softmax confidence.
+
+    Each easy row of the batch is paired with a hard row drawn uniformly (with replacement)
+    from the batch's hard rows; the ranking term is
+    ``mean(max(0, margin - (conf_easy - conf_hard)))`` over those pairs (0 when the batch has
+    no easy or no hard row).
+
+    Args:
+        logits: (B, C) float.  labels: (B,) int64.  easy: (B,) bool.
+    Returns:
+        (total, cross_entropy, ranking) scalar tensors.
+    """
+    ce = F.cross_entropy(logits, labels)
+    conf = torch.softmax(logits.float(), -1).amax(-1)
+    easy_idx = torch.nonzero(easy, as_tuple=True)[0]
+    hard_idx = torch.nonzero(~easy, as_tuple=True)[0]
+    if len(easy_idx) == 0 or len(hard_idx) == 0:
+        rank = logits.new_zeros(())
+    else:
+        pick = torch.randint(len(hard_idx), (len(easy_idx),), generator=generator)
+        rank = F.relu(margin - (conf[easy_idx] - conf[hard_idx[pick]])).mean()
+    return ce + lam * rank, ce, rank
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    lr: float = 1e-4
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    seed: int = 0
+    dao: bool = False
+    margin: float = 0.5
+    lam: float = 0.5
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[bool] | None = None,
+             desc: str = "train", quiet: bool = False, save: bool = True):
+    """Fine-tune a BERT sequence classifier on ``data``; returns the trained HF model.
+
+    ``init_dir``: a ``BertForSequenceClassification`` directory. With ``cfg.dao`` the loss is
+    :func:`dao_loss` and ``easy`` (one bool per training row) is required.
+    """
+    from tqdm.auto import tqdm
+    from transformers import BertForSequenceClassification
+
+    if cfg.dao and easy is None:
+        raise ValueError("DAO training needs difficulty labels (easy=...)")
+    _seed_all(cfg.seed)
+    model = BertForSequenceClassification.from_pretrained(str(init_dir), attn_implementation="sdpa")
+    model.train()
+    n_batches = len(batches(data.lengths, cfg.batch_size, None))
+    steps = max(1, int(math.ceil(cfg.epochs * n_batches)))
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    warm = max(1, int(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    easy_t = torch.tensor(list(easy), dtype=torch.bool) if easy is not None else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, epoch = 0, 0
+    bar = tqdm(total=steps, desc=desc, disable=quiet, leave=False, dynamic_ncols=True)
+    run_loss = run_acc = None
+    while step < steps:
+        for idx in batches(data.lengths, cfg.batch_size, cfg.seed + epoch):
+            if step >= steps:
+                break
+            b = collate(data, idx)
+            labels = torch.tensor([data.labels[i] for i in idx])
+            logits = model(**b).logits
+            if cfg.dao:
+                loss, _, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen)
+            else:
+                loss = F.cross_entropy(logits, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            acc = (logits.argmax(-1) == labels).float().mean().item()
+            run_loss = loss.item() if run_loss is None else 0.95 * run_loss + 0.05 * loss.item()
+            run_acc = acc if run_acc is None else 0.95 * run_acc + 0.05 * acc
+            bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")
+            bar.update(1)
+        epoch += 1
+    bar.close()
+    model.eval()
+    if save:
+        out_dir = Path(out_dir)
+        model.save_pretrained(str(out_dir))
+        src = Path(init_dir)
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (src / name).is_file():
+                (out_dir / name).write_bytes((src / name).read_bytes())
+        (out_dir / "cascade_rt_train.json").write_text(json.dumps(vars(cfg), indent=2))
+    return model
+
+
+@torch.no_grad()
+def predict_probs(model, data: Encoded, batch_size: int = 128) -> torch.Tensor:
+    """Softmax probabilities (N, C) float32 of a classifier (HF model or cascade_rt Tier)."""
+    out = None
+    for idx in batches(data.lengths, batch_size, None):
+        b = collate(data, idx)
+        logits = model(**b)
+        logits = logits.logits if hasattr(logits, "logits") else logits
+        p = torch.softmax(logits.float(), -1)
+        if out is None:
+            out = torch.zeros(len(data), p.shape[1])
+        out[torch.tensor(idx)] = p
+    return out if out is not None else torch.zeros(0, 2)
+
+
+def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
+                      seeds: Sequence[int] = (0,), extra: dict[str, Encoded] | None = None,
+                      cache: Path | None = None, quiet: bool = False) -> dict:
+    """Easy/hard labels from held-out predictions of the smallest tier.
+
+    The training rows are cut into ``folds`` folds (per seed); a model trained on the other
+    folds predicts each fold. A row's score is the fraction of its held-out predictions that
+    are correct (one per seed); it is easy when that is >= 0.5. The fold models also predict
+    every set in ``extra`` (never trained on), whose difficulty comes from the same models.
+    Cached as JSON at ``cache``.
+
+    Returns ``{"score": [...], "easy": [...], "extra": {name: {"score", "easy"}}}``.
+    """
+    if cache is not None and Path(cache).is_file():
+        return json.loads(Path(cache).read_text())
+    n = len(data)
+    labels = torch.tensor(data.labels)
+    correct = torch.zeros(n)
+    extra = extra or {}
+    extra_correct = {k: torch.zeros(len(v)) for k, v in extra.items()}
+    runs = 0
+    for seed in seeds:
+        order = list(range(n))
+        random.Random(1000 + seed).shuffle(order)
+        for f in range(folds):
+            held = order[f::folds]
+            held_set = set(held)
+            train_idx = [i for i in order if i not in held_set]
+            fold_cfg = TrainConfig(**{**vars(cfg), "seed": seed * 100 + f, "dao": False})
+            model = finetune(init_dir, data.subset(train_idx), None, fold_cfg,
+                             desc=f"difficulty seed {seed} fold {f + 1}/{folds}", quiet=quiet, save=False)
+            p = predict_probs(model, data.subset(held))
+            correct[torch.tensor(held)] += (p.argmax(-1) == labels[held]).float()
+            for k, v in extra.items():
+                extra_correct[k] += (predict_probs(model, v).argmax(-1) == torch.tensor(v.labels)).float()
+            runs += 1
+    score = correct / len(seeds)
+    result = {
+        "score": score.tolist(), "easy": (score >= 0.5).tolist(),
+        "extra": {k: {"score": (c / runs).tolist(), "easy": (c / runs >= 0.5).tolist()}
+                  for k, c in extra_correct.items()},
+        "folds": folds, "seeds": list(seeds),
+    }
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        Path(cache).write_text(json.dumps(result))
+    return result
