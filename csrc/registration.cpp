@@ -3,7 +3,9 @@
 // Python sees the ops as torch.ops.cascade_rt.<name>; their CPU and CUDA kernels register
 // themselves in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu. Fake (meta) implementations are
 // registered from Python (cascade_rt/native_backend.py) with torch.library.register_fake.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+#include <torch/version.h>
 
 #include <sstream>
 
@@ -36,7 +38,9 @@ std::string build_info() {
 #ifdef CASCADE_RT_WITH_CUDA
   s << ", CUDA kernels built";
 #ifdef CASCADE_RT_CUDA_ARCHS
-  s << " for " << CASCADE_RT_CUDA_ARCHS;
+#define CASCADE_RT_STR2(x) #x
+#define CASCADE_RT_STR(x) CASCADE_RT_STR2(x)
+  s << " for " << CASCADE_RT_STR(CASCADE_RT_CUDA_ARCHS);
 #endif
 #else
   s << ", CPU only (no CUDA kernels)";

@@ -2,6 +2,7 @@
 // statistics, one write in x's dtype. Rows run in parallel.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>

@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 
 #include <climits>

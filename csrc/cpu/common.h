@@ -1,7 +1,7 @@
 // Helpers shared by the CPU kernels of cascade_rt.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 

@@ -1,6 +1,7 @@
 // CPU batch compaction between tiers: one pass over the rows builds the kept rows' offsets,
 // then their tokens move with memcpy (rows in parallel when there is enough to copy).
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstring>

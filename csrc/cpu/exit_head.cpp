@@ -1,6 +1,8 @@
 // CPU exit head: pooler GEMM (+bias) and classifier GEMM in fp32 through ATen's BLAS, tanh in
 // place, then one pass per row fusing softmax, max probability and the threshold test.
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>

@@ -1,5 +1,6 @@
 // CPU gather of right-padded (B, S, ...) rows into the packed (T, ...) layout.
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstring>

@@ -1,5 +1,6 @@
 // CPU scatter of packed (T, ...) tokens back to padded (B, max_seqlen, ...) rows.
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>

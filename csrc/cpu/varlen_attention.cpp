@@ -4,6 +4,7 @@
 // (T, H, D) tensors (no copies for fp32 input); the row softmax between them runs in place in
 // a per-thread (L x L) scratch with a vectorisable exp.
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
