@@ -365,3 +365,21 @@ def test_native_is_the_cpu_default():
     name, _ = backends.implementation("add_layer_norm", x, x, torch.ones(8), torch.zeros(8), 1e-5)
     assert name == "native"
     assert "torch" in N.describe()
+
+
+def test_varlen_attention_aten_gemm_fallback():
+    """The GEMM fallback (used where libtorch exports no sgemm_) computes the same attention."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from cascade_rt import native_backend as N, reference as R\n"
+        "assert 'ATen mm' in N.describe(), N.describe()\n"
+        "torch.manual_seed(0); cu = torch.tensor([0, 1, 8, 41, 43], dtype=torch.int32)\n"
+        "q, k, v = (torch.randn(45, 3, 24) for _ in range(3))\n"
+        "torch.testing.assert_close(N.OPS['varlen_attention'](q, k, v, cu, 33, None),"
+        " R.varlen_attention_ref(q, k, v, cu, 33), atol=2e-5, rtol=2e-5)\n"
+    )
+    env = dict(os.environ, CASCADE_RT_CPU_GEMM="aten")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -13,33 +14,47 @@
 namespace cascade_rt::cpu {
 namespace {
 
+// One row: y = LayerNorm(x + r) * w + b with fp32 statistics; h: H floats of scratch.
+template <typename scalar_t>
+inline void add_layer_norm_row(const scalar_t* xr, const scalar_t* rr, const float* w,
+                               const float* b, scalar_t* yr, float* h, int64_t H, float eps) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < H; ++j) {
+    h[j] = (float)xr[j] + (float)rr[j];
+    sum += h[j];
+  }
+  const float mean = sum / (float)H;
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < H; ++j) {
+    const float d = h[j] - mean;
+    sq += d * d;
+  }
+  const float rstd = 1.0f / std::sqrt(sq / (float)H + eps);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) yr[j] = (scalar_t)((h[j] - mean) * rstd * w[j] + b[j]);
+}
+
+// fp32 rows get the vector clones (AVX-512 / AVX2); half and bfloat16 use the generic build
+CASCADE_RT_VECTOR_CLONES void add_layer_norm_rows_f32(const float* x, const float* r,
+                                                      const float* w, const float* b, float* y,
+                                                      float* h, int64_t n, int64_t H, float eps) {
+  for (int64_t i = 0; i < n; ++i) add_layer_norm_row(x + i * H, r + i * H, w, b, y + i * H, h, H, eps);
+}
+
 template <typename scalar_t>
 void add_layer_norm_rows(const scalar_t* x, const scalar_t* r, const float* w, const float* b,
                          scalar_t* y, int64_t N, int64_t H, float eps) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(H);
-    float* h = buf.data();
-    for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* xr = x + n * H;
-      const scalar_t* rr = r + n * H;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < H; ++j) {
-        h[j] = (float)xr[j] + (float)rr[j];
-        sum += h[j];
-      }
-      const float mean = sum / (float)H;
-      float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t j = 0; j < H; ++j) {
-        const float d = h[j] - mean;
-        sq += d * d;
-      }
-      const float rstd = 1.0f / std::sqrt(sq / (float)H + eps);
-      scalar_t* yr = y + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) yr[j] = (scalar_t)((h[j] - mean) * rstd * w[j] + b[j]);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      add_layer_norm_rows_f32(x + begin * H, r + begin * H, w, b, y + begin * H, buf.data(),
+                              end - begin, H, eps);
+    } else {
+      for (int64_t n = begin; n < end; ++n)
+        add_layer_norm_row(x + n * H, r + n * H, w, b, y + n * H, buf.data(), H, eps);
     }
   });
 }

@@ -5,9 +5,11 @@
 #include <c10/util/Exception.h>
 
 #include <climits>
+#include <cstdlib>
 
 // The BLAS that ships inside libtorch_cpu (MKL or OpenBLAS) exports the Fortran sgemm_. It is
-// looked up weakly: where this torch build has none, gemm_f32 falls back to at::mm on views.
+// looked up weakly: where this torch build has none (or CASCADE_RT_CPU_GEMM is set, read once
+// per process; the tests use it to cover the fallback), gemm_f32 falls back to at::mm on views.
 #if defined(__GNUC__) && !defined(_WIN32)
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
                        const int* k, const float* alpha, const float* a, const int* lda,
@@ -57,7 +59,8 @@ void gemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
 void gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
               int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
 #ifdef CASCADE_RT_HAVE_WEAK_SGEMM
-  if (sgemm_ != nullptr && m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
+  static const bool use_blas = std::getenv("CASCADE_RT_CPU_GEMM") == nullptr;
+  if (use_blas && sgemm_ != nullptr && m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
       ldb <= INT_MAX && ldc <= INT_MAX) {
     const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
     const int mi = (int)m, ni = (int)n, ki = (int)k, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
@@ -71,7 +74,7 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const
 
 const char* gemm_backend() {
 #ifdef CASCADE_RT_HAVE_WEAK_SGEMM
-  if (sgemm_ != nullptr) return "BLAS sgemm from libtorch";
+  if (std::getenv("CASCADE_RT_CPU_GEMM") == nullptr && sgemm_ != nullptr) return "BLAS sgemm from libtorch";
 #endif
   return "ATen mm";
 }

@@ -5,6 +5,14 @@
 
 #include <cstdint>
 
+// Hot fp32 loops are compiled for AVX-512 and AVX2 too and picked at load time (GCC/clang on
+// x86-64 Linux, through ifunc); elsewhere they build for the baseline ISA only.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define CASCADE_RT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CASCADE_RT_VECTOR_CLONES
+#endif
+
 namespace cascade_rt::cpu {
 
 // Checks cu_seqlens: (B+1,), int32, on the CPU, cu[0] == 0, non-decreasing, cu[B] <= num_tokens.

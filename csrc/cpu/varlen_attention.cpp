@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -41,8 +42,9 @@ inline float exp_nonpositive(float x) {
 }
 
 // In place: row <- softmax(row * scale), fp32.
-inline void softmax_row(float* row, int64_t n, float scale) {
+CASCADE_RT_VECTOR_CLONES void softmax_row(float* row, int64_t n, float scale) {
   float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j] * scale);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -112,10 +114,14 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   });
   const int64_t ntasks = (int64_t)seqs.size() * H;
 
-  at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are taken from a shared counter, longest sequences first: at::parallel_for splits a
+  // range statically, which would leave one thread all the long sequences.
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), ntasks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     std::vector<float> scratch(lmax * lmax);
     float* S = scratch.data();
-    for (int64_t t = begin; t < end; ++t) {
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
       const int64_t b = seqs[t / H], h = t % H;
       const int64_t s = cup[b], L = cup[b + 1] - cup[b];
       const float* Q = qp + s * qs0 + h * qs1;
