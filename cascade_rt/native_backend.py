@@ -16,14 +16,15 @@ import torch
 try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.cascade_rt.*)
 except ImportError as exc:  # pragma: no cover - depends on how the package was installed
-    msg = str(exc)
-    if "No module named" in msg:
+    import importlib.util
+
+    if importlib.util.find_spec("cascade_rt._C") is None:
         msg = (
             "the extension cascade_rt._C is not built (installed with CASCADE_RT_NO_NATIVE=1, or "
             "its build failed); rebuild with `pip install --no-build-isolation -e .`"
         )
     else:
-        msg = f"cascade_rt._C does not load ({msg}); it was probably built against another torch, rebuild it"
+        msg = f"cascade_rt._C does not load ({exc}); it was probably built against another torch, rebuild it"
     raise ImportError(msg) from exc
 
 __all__ = ["OPS", "why_not", "describe"]
