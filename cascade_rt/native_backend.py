@@ -1,0 +1,177 @@
+"""The native backend: the C++/CUDA extension ``cascade_rt._C`` built from ``csrc/``.
+
+Its ops are registered with ``TORCH_LIBRARY(cascade_rt, ...)`` and reached as
+``torch.ops.cascade_rt.<op>``; this module adds their fake (meta) implementations so
+``torch.compile`` and ``torch.library.opcheck`` can trace them, maps the public op names to
+them (``OPS``) and says which inputs it refuses (:func:`why_not`).
+
+Importing it raises ``ImportError`` with the reason when the extension is missing (installed
+with ``CASCADE_RT_NO_NATIVE=1``, or the build failed) or was built against another torch;
+:mod:`cascade_rt.backends` records that and falls back.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading it registers torch.ops.cascade_rt.*)
+except ImportError as exc:  # pragma: no cover - depends on how the package was installed
+    import importlib.util
+
+    if importlib.util.find_spec("cascade_rt._C") is None:
+        msg = (
+            "the extension cascade_rt._C is not built (installed with CASCADE_RT_NO_NATIVE=1, or "
+            "its build failed); rebuild with `pip install --no-build-isolation -e .`"
+        )
+    else:
+        msg = f"cascade_rt._C does not load ({exc}); it was probably built against another torch, rebuild it"
+    raise ImportError(msg) from exc
+
+__all__ = ["OPS", "why_not", "describe"]
+
+_ops = torch.ops.cascade_rt
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_WITH_CUDA = bool(_C.with_cuda())
+
+
+# -- fake (meta) implementations: shapes and dtypes only ------------------------------------
+@torch.library.register_fake("cascade_rt::varlen_attention")
+def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("cascade_rt::add_layer_norm")
+def _(x, residual, weight, bias, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("cascade_rt::exit_head")
+def _(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
+    B, C = cls_hidden.shape[0], cls_w.shape[0]
+    f = cls_hidden.new_empty((B, C), dtype=torch.float32)
+    return f, cls_hidden.new_empty((B,), dtype=torch.float32), cls_hidden.new_empty((B,), dtype=torch.bool)
+
+
+@torch.library.register_fake("cascade_rt::compact")
+def _(exit_mask, tokens, cu_seqlens):
+    B = exit_mask.shape[0]
+    return (
+        tokens.new_empty(tokens.shape),
+        cu_seqlens.new_empty((B + 1,), dtype=torch.int32),
+        cu_seqlens.new_empty((B,), dtype=torch.int64),
+        cu_seqlens.new_empty((), dtype=torch.int32),
+    )
+
+
+@torch.library.register_fake("cascade_rt::scatter_exits")
+def _(exit_mask, row_index, logits, confidence, tier, out_logits, out_confidence, out_tier):
+    return None
+
+
+@torch.library.register_fake("cascade_rt::pack")
+def _(padded, attention_mask):
+    B, S = attention_mask.shape
+    return (
+        padded.new_empty((B * S,) + tuple(padded.shape[2:])),
+        attention_mask.new_empty((B + 1,), dtype=torch.int32),
+    )
+
+
+@torch.library.register_fake("cascade_rt::unpack")
+def _(tokens, cu_seqlens, max_seqlen):
+    B = cu_seqlens.shape[0] - 1
+    return tokens.new_empty((B, max_seqlen) + tuple(tokens.shape[1:]))
+
+
+# -- the public op names ---------------------------------------------------------------------
+def _varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+    return _ops.varlen_attention(q, k, v, cu_seqlens, int(max_seqlen), softmax_scale)
+
+
+def _scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, out_confidence, out_tier):
+    _ops.scatter_exits(exit_mask, row_index, logits, confidence, int(tier), out_logits, out_confidence, out_tier)
+
+
+OPS = {
+    "varlen_attention": _varlen_attention,
+    "add_layer_norm": _ops.add_layer_norm,
+    "exit_head": _ops.exit_head,
+    "compact": _ops.compact,
+    "scatter_exits": _scatter_exits,
+    "pack": _ops.pack,
+    "unpack": _ops.unpack,
+}
+
+# ops with a CUDA kernel in csrc/cuda (the others are CPU only)
+_CUDA_OPS = frozenset({"add_layer_norm", "exit_head", "compact", "scatter_exits", "pack", "unpack"})
+
+
+def _tensors(args):
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def _float(name, t):
+    if t.dtype not in _FLOATS:
+        return f"{name} dtype {t.dtype} is not float32/float16/bfloat16"
+    return None
+
+
+def why_not(op: str, *args) -> str | None:
+    """``None`` when the native backend takes ``op(*args)``, else one line saying why not."""
+    if op not in OPS:
+        return f"no native {op}"
+    ts = _tensors(args)
+    devs = {t.device for t in ts}
+    if len(devs) > 1:
+        return f"tensors on several devices ({', '.join(sorted(map(str, devs)))})"
+    dev = next(iter(devs)) if devs else torch.device("cpu")
+    if dev.type == "cuda":
+        if not _WITH_CUDA:
+            return "cascade_rt._C was built without CUDA kernels"
+        if op not in _CUDA_OPS:
+            return f"no native CUDA {op} (the Triton kernel covers it)"
+    elif dev.type != "cpu":
+        return f"device {dev.type} is not supported (cpu, cuda)"
+
+    if op == "varlen_attention":
+        q, k, v, cu = args[:4]
+        if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
+            return f"q, k, v must be one (T, H, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        if not (q.dtype == k.dtype == v.dtype):
+            return "q, k, v dtypes differ"
+        return _float("q", q) or (None if cu.dtype == torch.int32 else "cu_seqlens must be int32")
+    if op == "add_layer_norm":
+        x, r, w, b = args[:4]
+        if x.dim() != 2 or r.shape != x.shape or r.dtype != x.dtype:
+            return "x and residual must be (N, H) of one dtype"
+        return _float("x", x) or _float("weight", w) or _float("bias", b)
+    if op == "exit_head":
+        for name, t in zip(("cls_hidden", "pooler_w", "pooler_b", "cls_w", "cls_b"), args[:5]):
+            why = _float(name, t)
+            if why:
+                return why
+        return None
+    if op == "compact":
+        mask, tokens, cu = args[:3]
+        if mask.dtype != torch.bool or cu.dtype != torch.int32:
+            return "exit_mask must be bool and cu_seqlens int32"
+        return None
+    if op == "scatter_exits":
+        mask, ri, logits, conf = args[:4]
+        outs = args[5:8]
+        if mask.dtype != torch.bool or ri.dtype != torch.int64:
+            return "exit_mask must be bool and row_index int64"
+        if logits.dtype != torch.float32 or conf.dtype != torch.float32:
+            return "logits and confidence must be float32"
+        if (outs[0].dtype, outs[1].dtype, outs[2].dtype) != (torch.float32, torch.float32, torch.int64):
+            return "outputs must be float32 logits, float32 confidence, int64 tier"
+        return None
+    if op == "unpack":
+        if args[1].dtype != torch.int32:
+            return "cu_seqlens must be int32"
+    return None
+
+
+def describe() -> str:
+    """One line on how the extension was built."""
+    return _C.build_info()
