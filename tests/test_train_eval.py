@@ -1,0 +1,158 @@
+"""Training, difficulty labels, the DAO loss, metrics and threshold search on tiny data."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cascade_rt.data import Example, load_dataset, load_table, split
+from cascade_rt.evaluate import dis, ece, f1_binary, row_costs, search_thresholds, simulate_exits
+from cascade_rt.train import Encoded, TrainConfig, dao_loss, difficulty_labels, encode, finetune, predict_probs
+
+
+def test_dao_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.5], [1.0, 1.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1, 0, 1])
+    easy = torch.tensor([True, False, True, False])
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randint(2, (2,), generator=torch.Generator().manual_seed(0))  # same draws as the loss
+    total, ce, rank = dao_loss(logits, labels, easy, margin=0.5, lam=0.5, generator=g)
+    conf = [1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-0.5)), 0.5, 1 / (1 + math.exp(-3))]
+    hard = [1, 3]
+    expect_rank = np.mean([max(0.0, 0.5 - (conf[e] - conf[hard[int(p)]])) for e, p in zip([0, 2], pick)])
+    expect_ce = -np.mean([math.log(conf[0]), math.log(conf[1]), math.log(0.5), math.log(conf[3])])
+    assert ce.item() == pytest.approx(expect_ce, rel=1e-6)
+    assert rank.item() == pytest.approx(expect_rank, rel=1e-6)
+    assert total.item() == pytest.approx(expect_ce + 0.5 * expect_rank, rel=1e-6)
+    # no hard row: the ranking term vanishes
+    _, _, r = dao_loss(logits, labels, torch.ones(4, dtype=torch.bool))
+    assert r.item() == 0.0
+
+
+def test_ece_by_hand():
+    # bins of width 1/10: {0.95, 0.92} -> acc 0.5, conf 0.935 ; {0.55} -> acc 1, conf 0.55
+    assert ece([0.95, 0.92, 0.55], [1, 0, 1], bins=10) == pytest.approx(2 / 3 * 0.435 + 1 / 3 * 0.45)
+    assert ece([1.0, 1.0], [1, 1]) == 0.0
+
+
+def test_dis_by_hand():
+    # easy conf 0.9, 0.6 ; hard conf 0.7, 0.6 -> pairs: (0.9,0.7) ok, (0.9,0.6) ok, (0.6,0.7) inverted,
+    # (0.6,0.6) tie -> (1 + 0.5) / 4
+    assert dis([0.9, 0.6, 0.7, 0.6], [True, True, False, False]) == pytest.approx(0.375)
+    assert dis([0.9, 0.8], [True, True]) is None
+    assert dis([0.9, 0.1], [True, False]) == 0.0
+
+
+def test_f1():
+    assert f1_binary([1, 1, 0, 0], [1, 0, 1, 0]) == pytest.approx(0.5)
+
+
+def test_simulate_and_search():
+    p0 = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    p1 = torch.tensor([[0.8, 0.2], [0.1, 0.9], [0.3, 0.7], [0.9, 0.1]])
+    labels = np.array([0, 1, 1, 0])
+    stage, pred, conf = simulate_exits([p0, p1], [0.75])
+    assert stage.tolist() == [0, 1, 0, 1] and pred.tolist() == [0, 1, 1, 0]
+    assert conf.tolist() == pytest.approx([0.9, 0.9, 0.8, 0.9])
+    cum = row_costs([[1, 1, 1, 1], [4, 4, 4, 4]])
+    # exits at stage 0 cost 1, later 1 + 4: everything at stage 0 is 4x but 75% accurate;
+    # rows 0 and 2 at stage 0 (threshold 0.8) is 16/12 = 1.33x and 100% accurate
+    ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, target_speedup=1.3)
+    assert acc == 1.0 and sp == pytest.approx(16 / 12) and 0.6 < ths[0] <= 0.8
+    ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, target_speedup=1.5)
+    assert acc == 0.75 and sp == pytest.approx(4.0)
+    ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, max_drop=0.0, full_accuracy=1.0)
+    assert acc == 1.0 and sp == pytest.approx(16 / 12)
+    ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, max_drop=0.3, full_accuracy=1.0)
+    assert sp == pytest.approx(4.0)
+
+
+def test_csv_and_jsonl_loaders(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\ngood,pos\nbad,neg\nok,pos\n")
+    ex, names = load_table(tmp_path / "d.csv")
+    assert names == ["neg", "pos"] and [e.label for e in ex] == [1, 0, 1]
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "text_pair": "b", "label": 2}\n{"text": "c", "label": 0}\n')
+    ex, names = load_table(tmp_path / "d.jsonl")
+    assert names == ["0", "1", "2"] and ex[0].text_pair == "b"
+    (tmp_path / "bad.csv").write_text("sentence,label\nx,1\n")
+    with pytest.raises(ValueError, match="lacks a 'text'"):
+        load_table(tmp_path / "bad.csv")
+    tr, dv, te = split([Example(str(i), i % 2) for i in range(100)], seed=3)
+    assert (len(tr), len(dv), len(te)) == (80, 10, 10)
+    assert [e.text for e in te] == [e.text for e in split([Example(str(i), i % 2) for i in range(100)], seed=3)[2]]
+
+
+def test_shipped_movies_split():
+    s = load_dataset("movies")
+    assert len(s.train) + len(s.dev) + len(s.test) == 10605 - 37  # neutral snippets dropped
+    assert set(e.label for e in s.test) == {0, 1}
+    assert "positive" in s.describe()
+
+
+@pytest.fixture(scope="module")
+def tiny(minilm_dir, tmp_path_factory, tokenizer):
+    from cascade_rt import make_classifier_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    init = make_classifier_checkpoint(minilm_dir, root / "init", num_labels=2, num_layers=1, seed=0)
+    words = ["great", "awful", "superb", "boring", "lovely", "dreadful", "fine film", "a mess"]
+    data = [Example(w, int(i % 2 == 0)) for i, w in enumerate(words * 4)]
+    return init, encode(tokenizer, data, 16)
+
+
+def test_finetune_is_seeded_and_loadable(tiny, tmp_path):
+    from cascade_rt import CascadeBert
+
+    init, data = tiny
+    cfg = TrainConfig(epochs=2, lr=5e-4, batch_size=8, seed=1)
+    a = finetune(init, data, tmp_path / "a", cfg, quiet=True)
+    b = finetune(init, data, tmp_path / "b", cfg, quiet=True)
+    pa, pb = predict_probs(a, data), predict_probs(b, data)
+    assert torch.equal(pa, pb)
+    model = CascadeBert.from_pretrained([tmp_path / "a"])
+    ours = predict_probs(model.tiers[0], data)
+    torch.testing.assert_close(ours, pa, atol=1e-5, rtol=0)
+    dao = finetune(init, data, tmp_path / "dao", TrainConfig(**{**vars(cfg), "dao": True}),
+                   easy=[i % 3 != 0 for i in range(len(data))], quiet=True)
+    assert not torch.equal(predict_probs(dao, data), pa)
+    with pytest.raises(ValueError, match="difficulty labels"):
+        finetune(init, data, tmp_path / "x", TrainConfig(dao=True), quiet=True)
+
+
+def test_difficulty_labels_cached(tiny, tmp_path):
+    init, data = tiny
+    cache = tmp_path / "diff.json"
+    res = difficulty_labels(init, data, TrainConfig(epochs=1, lr=5e-4, batch_size=8), folds=2,
+                            extra={"test": data.subset(range(4))}, cache=cache, quiet=True)
+    assert len(res["easy"]) == len(data) and all(s in (0.0, 1.0) for s in res["score"])
+    assert res["easy"] == [s >= 0.5 for s in res["score"]]
+    assert len(res["extra"]["test"]["easy"]) == 4
+    assert json.loads(cache.read_text()) == res
+    assert difficulty_labels(init, data, TrainConfig(), folds=2, cache=cache) == res
+
+
+def test_early_exit_runtime_matches_simulation(tier_dirs, tokenizer, sentences):
+    from cascade_rt import Tier
+    from cascade_rt.early_exit import EarlyExitBert, ExitHead, layer_cls_features
+    from cascade_rt.train import encode as enc_fn
+
+    backbone = Tier.from_pretrained(tier_dirs[2])
+    torch.manual_seed(0)
+    heads = [ExitHead(384, 3)]
+    for p in heads[0].parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    model = EarlyExitBert(backbone, heads, threshold=0.6).eval()
+    data = enc_fn(tokenizer, [Example(s, 0) for s in sentences], 64)
+    feats = layer_cls_features(backbone, data)
+    with torch.no_grad():
+        p_head = torch.softmax(heads[0](feats[:, 0]), -1)
+    p_full = predict_probs(backbone, data)
+    thr = float(p_head.amax(-1).median())
+    model.threshold = thr
+    stage, pred, conf = simulate_exits([p_head, p_full], [thr])
+    enc = tokenizer(sentences, padding=True, return_tensors="pt")
+    out = model(**enc)
+    assert out.exit_tier.tolist() == stage.tolist()
+    assert 0 < int((out.exit_tier == 0).sum()) < len(sentences)
+    np.testing.assert_allclose(out.confidence.numpy(), conf, atol=1e-5)
