@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--large-layers", type=int, default=6, help="layers of the final tier")
+    p.add_argument("--cache", default=None, help="where trained tiers are cached (default: <cache>/demo)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many rows per split (smoke runs)")
 
 
 def _step(msg: str) -> float:
@@ -89,11 +92,14 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     src = shipped_minilm_dir()
     splits = load_dataset(args.data, seed=args.seed)
+    if args.limit:
+        splits.train, splits.dev, splits.test = (x[: args.limit] for x in (splits.train, splits.dev, splits.test))
     print(splits.describe())
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
     tr, dv, te = (encode(tok, getattr(splits, p), args.max_len) for p in ("train", "dev", "test"))
     print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
-    root = cache_dir() / "demo" / f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}"
+    root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}"
+                                   + (f"_limit{args.limit}" if args.limit else ""))
     root.mkdir(parents=True, exist_ok=True)
     C = splits.num_labels
     small_layers = sorted(args.small_layers)
@@ -116,7 +122,8 @@ def run(args) -> int:
             print(f"cached: {d}")
         return d
 
-    large = trained("large_l6", 6)
+    L = args.large_layers
+    large = trained(f"large_l{L}", L)
     t = _step(f"difficulty labels: {args.folds}-fold held-out predictions of the {small_layers[0]}-layer tier")
     diff = difficulty_labels(base(small_layers[0]), tr, cfg, folds=args.folds, extra={"test": te, "dev": dv},
                              cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}.json", quiet=args.quiet)
@@ -167,7 +174,7 @@ def run(args) -> int:
         "f1": f1_binary(o_full["logits"].argmax(-1).numpy(), labels_te) if C == 2 else None,
         "seconds": t_full,
     }]
-    print(f"6-layer tier alone: test accuracy {full_acc_te:.4f}, {t_full:.2f} s for {len(te)} rows")
+    print(f"{L}-layer tier alone: test accuracy {full_acc_te:.4f}, {t_full:.2f} s for {len(te)} rows")
     reliab = {"full": (full_conf, full_correct)}
 
     methods = {"cascade": smalls_dao, "cascade_no_dao": smalls_ce}
@@ -229,7 +236,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"data": splits.name, "small_layers": small_layers, "large_layers": 6, "max_len": args.max_len,
+    meta = {"data": splits.name, "small_layers": small_layers, "large_layers": L, "max_len": args.max_len,
             "epochs": args.epochs, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seed": args.seed, "threads": torch.get_num_threads(), "test_rows": len(te),
             "torch": torch.__version__, "wall_seconds": None}
