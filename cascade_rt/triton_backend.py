@@ -21,6 +21,7 @@ from .kernels import _common
 from .kernels import add_layer_norm as _aln
 from .kernels import compact as _cp
 from .kernels import exit_head as _eh
+from .kernels import pack as _pk
 from .kernels import varlen_attention as _va
 
 __all__ = ["OPS", "why_not", "describe"]
@@ -76,6 +77,16 @@ def _scatter_exits(
                       out_confidence, out_tier, launch=wrap_triton)
 
 
+@_register(f"{NAMESPACE}::pack", mutates_args=())
+def _pack(padded: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pk.pack(padded, attention_mask, launch=wrap_triton)
+
+
+@_register(f"{NAMESPACE}::unpack", mutates_args=())
+def _unpack(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    return _pk.unpack(tokens, cu_seqlens, max_seqlen, launch=wrap_triton)
+
+
 # Fake (meta) implementations: outputs' shapes and dtypes only, no launch (under the Triton
 # interpreter a launch would try to run the kernel on fake tensors).
 @_varlen_attention.register_fake
@@ -108,6 +119,18 @@ def _(exit_mask, row_index, logits, confidence, tier, out_logits, out_confidence
     return None
 
 
+@_pack.register_fake
+def _(padded, attention_mask):
+    B, S = attention_mask.shape
+    return (padded.new_empty((B * S,) + tuple(padded.shape[2:])),
+            padded.new_empty((B + 1,), dtype=torch.int32))
+
+
+@_unpack.register_fake
+def _(tokens, cu_seqlens, max_seqlen):
+    return tokens.new_empty((cu_seqlens.shape[0] - 1, max_seqlen) + tuple(tokens.shape[1:]))
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     return torch.ops.cascade_rt_triton.varlen_attention(
         q, k, v, cu_seqlens, int(max_seqlen), None if softmax_scale is None else float(softmax_scale))
@@ -132,12 +155,22 @@ def scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, ou
                                               out_logits, out_confidence, out_tier)
 
 
+def pack(padded, attention_mask):
+    return torch.ops.cascade_rt_triton.pack(padded, attention_mask)
+
+
+def unpack(tokens, cu_seqlens, max_seqlen):
+    return torch.ops.cascade_rt_triton.unpack(tokens, cu_seqlens, int(max_seqlen))
+
+
 OPS = {
     "varlen_attention": varlen_attention,
     "add_layer_norm": add_layer_norm,
     "exit_head": exit_head,
     "compact": compact,
     "scatter_exits": scatter_exits,
+    "pack": pack,
+    "unpack": unpack,
 }
 
 
@@ -299,12 +332,48 @@ def _why_scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logit
     return None
 
 
+def _bits_reason(name: str, t: torch.Tensor) -> Optional[str]:
+    if t.is_complex() or t.element_size() not in _pk._BITS:
+        return f"{name} dtype {t.dtype} is not supported (1, 2, 4 or 8-byte real types)"
+    return None
+
+
+def _why_pack(padded, attention_mask):
+    r = _device_reason((padded, attention_mask))
+    if r:
+        return r
+    if attention_mask.dim() != 2:
+        return f"attention_mask must be (B, S), got shape {tuple(attention_mask.shape)}"
+    if padded.dim() < 2 or tuple(padded.shape[:2]) != tuple(attention_mask.shape):
+        return (f"padded has shape {tuple(padded.shape)}; expected (B, S, ...) with (B, S) = "
+                f"{tuple(attention_mask.shape)}")
+    if attention_mask.is_floating_point() or attention_mask.is_complex():
+        return f"attention_mask must be an integer or bool tensor, got {attention_mask.dtype}"
+    return _bits_reason("padded", padded)
+
+
+def _why_unpack(tokens, cu_seqlens, max_seqlen):
+    r = _device_reason((tokens, cu_seqlens))
+    if r:
+        return r
+    if tokens.dim() < 1:
+        return "tokens must be (T, ...), got a 0-d tensor"
+    r = _cu_reason(cu_seqlens)
+    if r:
+        return r
+    if not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool) or max_seqlen < 0:
+        return f"max_seqlen must be a host int >= 0, got {max_seqlen!r}"
+    return _bits_reason("tokens", tokens)
+
+
 _WHY = {
     "varlen_attention": _why_varlen_attention,
     "add_layer_norm": _why_add_layer_norm,
     "exit_head": _why_exit_head,
     "compact": _why_compact,
     "scatter_exits": _why_scatter_exits,
+    "pack": _why_pack,
+    "unpack": _why_unpack,
 }
 
 

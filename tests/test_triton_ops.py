@@ -25,6 +25,8 @@ from cascade_rt.kernels.add_layer_norm import add_layer_norm as k_add_layer_norm
 from cascade_rt.kernels.compact import compact as k_compact  # noqa: E402
 from cascade_rt.kernels.compact import scatter_exits as k_scatter_exits  # noqa: E402
 from cascade_rt.kernels.exit_head import exit_head as k_exit_head  # noqa: E402
+from cascade_rt.kernels.pack import pack as k_pack  # noqa: E402
+from cascade_rt.kernels.pack import unpack as k_unpack  # noqa: E402
 from cascade_rt.kernels.varlen_attention import varlen_attention as k_varlen_attention  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -273,6 +275,32 @@ def test_scatter_exits_public_op_and_empty():
     _check_scatter(torch.zeros(0, dtype=torch.bool, device=DEV), torch.zeros(0, dtype=torch.int64, device=DEV))
 
 
+# -- pack / unpack -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(TOKEN_KINDS))
+def test_pack_unpack(kind):
+    lens, S = [1, 7, 5, 2, 9], 9
+    B = len(lens)
+    mask = (torch.arange(S, device=DEV)[None] < torch.tensor(lens, device=DEV)[:, None]).long()
+    flat = TOKEN_KINDS[kind](B * S)
+    padded = flat.reshape((B, S) + tuple(flat.shape[1:]))
+    out = (_poison(flat.shape, flat.dtype), _poison((B + 1,), torch.int32))
+    got = k_pack(padded, mask, out=out)
+    want = ref.pack_ref(padded, mask)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    tokens, cu = want
+    for L in (S, 4, 12):
+        o = _poison((B, L) + tuple(flat.shape[1:]), flat.dtype)
+        assert torch.equal(k_unpack(tokens, cu, L, out=o), ref.unpack_ref(tokens, cu, L))
+
+
+def test_pack_unpack_empty():
+    mask = torch.ones(0, 4, dtype=torch.int64, device=DEV)
+    tokens, cu = k_pack(torch.zeros(0, 4, 2, dtype=torch.int64, device=DEV), mask)
+    assert tokens.shape == (0, 2) and cu.tolist() == [0]
+    got = k_unpack(torch.zeros(0, 3, device=DEV), _cu([0, 0]), 5, out=_poison((2, 5, 3), torch.float32))
+    assert torch.equal(got, torch.zeros(2, 5, 3, device=DEV))
+
+
 # -- the backend module -------------------------------------------------------------------------
 def _op_samples():
     lens = [1, 7, 5, 0]
@@ -289,6 +317,9 @@ def _op_samples():
         "scatter_exits": (em, torch.tensor([2, 0, -1, 1], device=DEV), torch.randn(4, 3, device=DEV),
                           torch.rand(4, device=DEV), 1, torch.randn(6, 3, device=DEV),
                           torch.randn(6, device=DEV), torch.zeros(6, dtype=torch.int64, device=DEV)),
+        "pack": (torch.randint(0, 9, (3, 4, 2), device=DEV),
+                 torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], device=DEV)),
+        "unpack": (torch.randn(T, 3, device=DEV), cu, 7),
     }
 
 
@@ -307,7 +338,10 @@ def test_why_not_reasons(monkeypatch):
     assert "head_dim 160" in tb.why_not("varlen_attention", q, q, q, _cu([4]), 4, None)
     assert "int32" in tb.why_not("compact", torch.ones(1, dtype=torch.bool, device=DEV),
                                  torch.zeros(1, device=DEV), torch.tensor([0, 1], device=DEV))
-    assert "no pack" in tb.why_not("pack", x, x)
+    assert "no softmax" in tb.why_not("softmax", x)
+    assert tb.why_not("pack", x.long(), (x > 0).long()) is None
+    assert "expected (B, S, ...)" in tb.why_not("pack", x[:, :2], (x > 0).long())
+    assert "complex" in tb.why_not("unpack", x.to(torch.complex64), _cu([3]), 3)
     monkeypatch.setattr(_common, "INTERPRET", False)
     assert "TRITON_INTERPRET=1" in tb.why_not("add_layer_norm", *(t.cpu() for t in (x, x, w, w)), 1e-5)
 
