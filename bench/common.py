@@ -114,6 +114,10 @@ def environment(device: torch.device) -> dict:
         "device": device_name(device),
         "device_type": device.type,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # other processes on the machine distort CPU timings (and 2-thread runs most: a
+        # descheduled OpenMP thread stalls every parallel region); recorded for that reason
+        "loadavg_1m_5m_15m": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -124,6 +128,15 @@ def environment(device: torch.device) -> dict:
         "backends": op_backends(device),
         "CASCADE_RT_BACKEND": os.environ.get("CASCADE_RT_BACKEND"),
     }
+
+
+def warn_if_loaded(device: torch.device) -> None:
+    """Say so when other processes compete for the CPU (timings then mean little)."""
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        if load > 0.5 * (os.cpu_count() or 1):
+            print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other processes are "
+                  f"running; CPU timings will be noisy (try --threads 1)", flush=True)
 
 
 def _sync(device: torch.device) -> None:

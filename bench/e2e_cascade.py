@@ -8,7 +8,7 @@ alone (a one-tier ``CascadeBert``: same input path, same packing) are timed inte
 this process on the same padded batch. Prints the measured speed-up, the analytic one
 (``cascade_rt.flops.analytic_speedup`` on the rows' real exit tiers) and their ratio, and the
 cost of the tier boundary (exit head + scatter + compaction) as a share of tier 0's time.
-Writes ``bench/results/e2e_cascade_<device>.json`` and ``.png``.
+Writes ``bench/results/e2e_cascade_<n>tier_<device>.json`` and ``.png``.
 
     .venv/bin/python bench/e2e_cascade.py                 # CPU: MiniLM 2 -> 6 layers
     .venv/bin/python bench/e2e_cascade.py --device cuda   # fp16, BERT-base-wide 4 -> 12 layers
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    common.warn_if_loaded(device)
     cuda = device.type == "cuda"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if cuda else torch.float32)
     family = args.family or ("bert-base" if cuda else "minilm")
@@ -195,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg["boundary"] = share
     print(f"tier boundary (exit head + scatter + compaction) {share['boundary_ms']:.2f} ms = "
           f"{share['boundary_share']:.2%} of tier 0 ({share['tier0_encode_ms']:.1f} ms encode)")
-    path = common.write_result("e2e_cascade" + ("_sync_free" if args.sync_free else ""), device, cfg,
-                               results, Path(args.out_dir))
+    name = f"e2e_cascade_{args.tiers}tier" + ("_sync_free" if args.sync_free else "")
+    path = common.write_result(name, device, cfg, results, Path(args.out_dir))
     print(f"wrote {path}")
     if not args.no_plot:
         env = common.environment(device)
