@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": ("cascade_rt.demo", "train a cascade on the shipped data, compare with early exit, plot"),
     "infer": ("cascade_rt.infer_demo", "two-tier inference demo on the shipped MiniLM weights"),
     "info": ("cascade_rt.info", "versions and available backends"),
+    "bench": ("cascade_rt.bench_cli", "end-to-end benchmarks (bench/), JSON + plots in bench/results/"),
 }
 
 

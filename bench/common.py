@@ -1,0 +1,288 @@
+"""Shared helpers of the cascade_rt benchmarks: timing, environment record, models, results.
+
+Every result file written by a benchmark in ``bench/`` is one JSON object::
+
+    {"bench": name, "env": environment(), "config": {...}, "results": [{...}, ...]}
+
+``environment()`` records the device, the torch / triton / CUDA / transformers versions,
+the git commit and the backend each op dispatches to, so a number can always be traced to
+the code and machine that produced it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+__all__ = [
+    "RESULTS_DIR",
+    "device_name",
+    "environment",
+    "time_fn",
+    "interleaved",
+    "gemm_peak_flops",
+    "hf_from_tier",
+    "random_tier",
+    "minilm_tier",
+    "random_padded_batch",
+    "write_result",
+    "op_backends",
+]
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.check_output(["git", *args], text=True, cwd=Path(__file__).parent,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return name
+
+
+def op_backends(device: torch.device) -> dict[str, str]:
+    """The backend each op would take for fp32/fp16 input on ``device`` (what was measured)."""
+    from cascade_rt import backends
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    T, H, D, B = 8, 2, 16, 2
+    q = torch.randn(T, H, D, device=device, dtype=dtype)
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32, device=device)
+    x = torch.randn(T, H * D, device=device, dtype=dtype)
+    w = torch.ones(H * D, device=device, dtype=dtype)
+    cls = torch.randn(B, H * D, device=device, dtype=dtype)
+    pw = torch.randn(H * D, H * D, device=device, dtype=dtype)
+    cw = torch.randn(3, H * D, device=device, dtype=dtype)
+    mask = torch.tensor([True, False], device=device)
+    toks = torch.zeros(T, 2, dtype=torch.int64, device=device)
+    probes = {
+        "varlen_attention": (q, q, q, cu, 5, None),
+        "add_layer_norm": (x, x, w, w, 1e-12),
+        "exit_head": (cls, pw, w, cw, cw[:, 0], 0.5),
+        "compact": (mask, toks, cu),
+    }
+    out = {}
+    for op, args in probes.items():
+        try:
+            out[op] = backends.implementation(op, *args)[0]
+        except Exception as exc:  # report, never fail
+            out[op] = f"none ({type(exc).__name__})"
+    return out
+
+
+def environment(device: torch.device) -> dict:
+    """Everything needed to reproduce a figure: device, versions, commit, threads, backends."""
+    import cascade_rt
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except Exception:
+        tf_version = None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "device_type": device.type,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # other processes on the machine distort CPU timings (and 2-thread runs most: a
+        # descheduled OpenMP thread stalls every parallel region); recorded for that reason
+        "loadavg_1m_5m_15m": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "transformers": tf_version,
+        "cascade_rt": cascade_rt.__version__,
+        "commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty and dirty != "unknown" else ""),
+        "backends": op_backends(device),
+        "CASCADE_RT_BACKEND": os.environ.get("CASCADE_RT_BACKEND"),
+    }
+
+
+def warn_if_loaded(device: torch.device) -> None:
+    """Say so when other processes compete for the CPU (timings then mean little)."""
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        if load > 0.5 * (os.cpu_count() or 1):
+            print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other processes are "
+                  f"running; CPU timings will be noisy (try --threads 1)", flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, runs: int = 5,
+            min_time: float = 0.0) -> dict:
+    """Wall time of ``fn()`` in seconds: median, min and all runs (synchronised on CUDA).
+
+    Runs at least ``runs`` times and until ``min_time`` seconds have passed.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "runs": len(times),
+            "all": [round(t, 6) for t in times]}
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 1,
+                runs: int = 5) -> dict[str, dict]:
+    """Time several functions round-robin (A B A B ...) so that drift (clock, other load) hits
+    each alike; returns ``time_fn``-style dicts per name."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: {"median": statistics.median(v), "min": min(v), "runs": len(v),
+                "all": [round(t, 6) for t in v]} for k, v in times.items()}
+
+
+def gemm_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
+    """Achieved FLOP/s of a large square matmul: the practical peak the tiers are held to."""
+    n = n or (4096 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = time_fn(lambda: a @ b, device, warmup=2, runs=5)["min"]
+    return 2 * n ** 3 / t
+
+
+# -- models ----------------------------------------------------------------------------------
+
+def hf_from_tier(tier, attn_implementation: str = "sdpa"):
+    """``transformers.BertForSequenceClassification`` holding exactly the tier's weights."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = tier.config.to_hf_dict()
+    cfg["num_labels"] = tier.config.num_labels
+    config = BertConfig(**cfg)
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        hf = BertForSequenceClassification(config)
+    sd = tier.state_dict()
+    missing, unexpected = hf.load_state_dict(sd, strict=False, assign=True)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise RuntimeError(f"HF model does not match the tier: missing {missing}, unexpected {unexpected}")
+    # non-persistent buffers stay on meta after assign; rebuild them
+    emb = hf.bert.embeddings
+    n_pos = config.max_position_embeddings
+    if hasattr(emb, "position_ids"):
+        emb.position_ids = torch.arange(n_pos, device=tier.device).expand((1, -1))
+    if hasattr(emb, "token_type_ids"):
+        emb.token_type_ids = torch.zeros((1, n_pos), dtype=torch.long, device=tier.device)
+    return hf.to(device=tier.device, dtype=tier.dtype).eval()
+
+
+def random_tier(hidden: int, layers: int, heads: int, intermediate: int | None = None, *,
+                vocab: int = 30522, num_labels: int = 2, seed: int = 0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """A tier of the given shape with seeded random weights (BERT init: normal(0, 0.02))."""
+    from cascade_rt import Tier, TierConfig
+
+    cfg = TierConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
+                     num_labels=num_labels)
+    g = torch.Generator().manual_seed(seed)
+    tier = Tier(cfg)
+    with torch.no_grad():
+        for name, p in tier.named_parameters():
+            if "LayerNorm" in name:
+                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02, generator=g)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+    return tier.to(device=device, dtype=dtype).eval()
+
+
+def minilm_tier(num_layers: int = 6, *, num_labels: int = 2, seed: int = 0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """The shipped all-MiniLM-L6 encoder (first ``num_layers`` layers) with a seeded head."""
+    from cascade_rt import load_tier, make_classifier_checkpoint
+    from cascade_rt.paths import cache_dir, shipped_minilm_dir
+
+    d = cache_dir() / "bench" / f"minilm_l{num_layers}_c{num_labels}_s{seed}"
+    if not (d / "model.safetensors").is_file():
+        make_classifier_checkpoint(shipped_minilm_dir(), d, num_labels=num_labels,
+                                   num_layers=num_layers, seed=seed, init_std=1.0)
+    return load_tier(d, dtype=dtype, device=device)
+
+
+def random_padded_batch(batch: int, max_len: int, mean_frac: float, *, vocab: int, seed: int = 0,
+                        device: torch.device | str = "cpu"):
+    """HF-style right-padded batch whose lengths are uniform around ``mean_frac * max_len``.
+
+    Lengths are drawn uniformly from ``[2m - max_len, max_len]`` (m the target mean) when
+    ``mean_frac >= 0.5``, else from ``[1, 2m - 1]``, so their mean is ``mean_frac * max_len``
+    up to sampling noise; one row is always ``max_len`` long (the batch is padded to it, as a
+    tokenizer with ``padding=True`` does), except that ``mean_frac == 1`` makes every row full.
+
+    Returns input_ids (B, max_len) int64, attention_mask (B, max_len) int64, lengths (B,) list.
+    """
+    g = torch.Generator().manual_seed(seed)
+    m = mean_frac * max_len
+    lo, hi = (max(1, round(2 * m - max_len)), max_len) if mean_frac >= 0.5 else (1, max(1, round(2 * m - 1)))
+    lens = torch.randint(lo, hi + 1, (batch,), generator=g)
+    lens[0] = max_len
+    ids = torch.randint(1000, vocab, (batch, max_len), generator=g)
+    col = torch.arange(max_len)
+    mask = (col[None, :] < lens[:, None]).to(torch.int64)
+    ids = ids * mask
+    return ids.to(device), mask.to(device), lens.tolist()
+
+
+def write_result(name: str, device: torch.device, config: dict, results: list[dict],
+                 out_dir: Path | None = None) -> Path:
+    """Write ``<out_dir>/<name>_<device_type>.json`` and return its path."""
+    out_dir = Path(out_dir) if out_dir else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}_{device.type}.json"
+    rec = {"bench": name, "env": environment(device), "config": config, "results": results}
+    path.write_text(json.dumps(rec, indent=1) + "\n")
+    return path

@@ -1,0 +1,179 @@
+"""One tier, padding-free, against Hugging Face's padded BERT on the same padded batch.
+
+For every model shape, batch size and average length (a fraction of the padded length) this
+builds one right-padded batch, checks that both models give the same logits, then times
+``cascade_rt.Tier`` (which packs the batch on the device and never computes padding) and
+``transformers.BertForSequenceClassification`` with ``attn_implementation="sdpa"`` (which
+computes every padded slot), interleaved in the same process. It prints the measured speed-up
+beside the analytic one (padded / packed FLOPs, :mod:`cascade_rt.flops`), tokens/s and the
+fraction of the device's practical peak (a large matmul timed in the same run), and writes
+``bench/results/e2e_tier_<device>.json`` and a plot ``e2e_tier_<device>.png``.
+
+    .venv/bin/python bench/e2e_tier.py                       # CPU sweep, a few minutes
+    .venv/bin/python bench/e2e_tier.py --device cuda         # fp16, batch 1..256
+    .venv/bin/python bench/e2e_tier.py --quick               # smoke run, seconds
+
+Models: ``minilm`` (the shipped 6-layer, 384-wide all-MiniLM-L6 weights), ``bert-base``
+(12 layers, 768 wide, 12 heads, random weights).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from cascade_rt import flops  # noqa: E402
+
+MODELS = ("minilm", "bert-base")
+
+
+def build(model: str, device: torch.device, dtype: torch.dtype):
+    if model == "minilm":
+        return common.minilm_tier(6, device=device, dtype=dtype)
+    if model == "bert-base":
+        return common.random_tier(768, 12, 12, 3072, device=device, dtype=dtype, seed=1)
+    raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
+
+
+def defaults(device: torch.device, quick: bool) -> dict:
+    if quick:
+        return {"models": ["minilm"], "batches": [4], "fracs": [0.6], "max_len": 64, "runs": 2}
+    if device.type == "cuda":
+        return {"models": ["bert-base", "minilm"], "batches": [1, 8, 32, 64, 128, 256],
+                "fracs": [0.3, 0.6, 1.0], "max_len": 128, "runs": 20}
+    # CPU: BERT-base at batch 48 would take minutes per case; it stops at 8
+    return {"models": ["minilm", "bert-base"], "batches": [1, 8, 48], "fracs": [0.3, 0.6, 1.0],
+            "max_len": 128, "runs": 3, "max_batch": {"bert-base": 8}}
+
+
+def run_case(tier, hf, batch: int, frac: float, max_len: int, runs: int, device, peak: float) -> dict:
+    cfg = tier.config
+    ids, mask, lens = common.random_padded_batch(batch, max_len, frac, vocab=cfg.vocab_size,
+                                                 seed=batch * 1000 + int(frac * 100), device=device)
+    with torch.inference_mode():
+        ours = tier(ids, mask)
+        ref = hf(input_ids=ids, attention_mask=mask).logits.float()
+        max_diff = float((ours - ref).abs().max())
+        t = common.interleaved({
+            "hf_sdpa_padded": lambda: hf(input_ids=ids, attention_mask=mask),
+            "cascade_rt": lambda: tier(ids, mask),
+        }, device, warmup=1, runs=runs)
+    packed_flops = flops.tier_flops(cfg, lens)
+    padded_flops = flops.padded_tier_flops(cfg, lens, max_len)
+    ours_s, hf_s = t["cascade_rt"]["min"], t["hf_sdpa_padded"]["min"]
+    tokens = sum(lens)
+    return {
+        "batch": batch, "avg_len_frac": frac, "max_len": max_len, "tokens": tokens,
+        "mean_len": tokens / batch, "max_abs_logit_diff": max_diff,
+        "cascade_rt_ms": ours_s * 1e3, "hf_ms": hf_s * 1e3,
+        "cascade_rt_median_ms": t["cascade_rt"]["median"] * 1e3,
+        "hf_median_ms": t["hf_sdpa_padded"]["median"] * 1e3,
+        "speedup": hf_s / ours_s,
+        "speedup_median": t["hf_sdpa_padded"]["median"] / t["cascade_rt"]["median"],
+        "analytic_speedup": padded_flops / packed_flops,
+        "cascade_rt_tokens_per_s": tokens / ours_s, "hf_tokens_per_s": tokens / hf_s,
+        # useful work only: padding FLOPs are not counted for HF either
+        "cascade_rt_peak_frac": packed_flops / ours_s / peak,
+        "hf_peak_frac": packed_flops / hf_s / peak,
+        "hf_peak_frac_incl_padding": padded_flops / hf_s / peak,
+    }
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in results})
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in results if r["model"] == model]
+        for i, frac in enumerate(sorted({r["avg_len_frac"] for r in rows})):
+            rs = sorted((r for r in rows if r["avg_len_frac"] == frac), key=lambda r: r["batch"])
+            xs = [r["batch"] for r in rs]
+            color = f"C{i}"
+            ax.plot(xs, [r["speedup"] for r in rs], "o-", color=color, label=f"measured, avg len {frac:g}")
+            ax.plot(xs, [r["analytic_speedup"] for r in rs], "x--", color=color, alpha=0.6,
+                    label=f"analytic, avg len {frac:g}")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speed-up vs HF sdpa (padded)")
+        ax.set_title(f"{model}")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="default: float16 on CUDA, float32 on CPU")
+    p.add_argument("--models", nargs="+", choices=MODELS)
+    p.add_argument("--batches", nargs="+", type=int)
+    p.add_argument("--fracs", nargs="+", type=float, help="average length / max length")
+    p.add_argument("--max-len", type=int)
+    p.add_argument("--runs", type=int)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quick", action="store_true", help="one tiny case (smoke test)")
+    p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common.warn_if_loaded(device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    cfg = defaults(device, args.quick)
+    for key in ("models", "batches", "fracs", "max_len", "runs"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    cfg["dtype"] = str(dtype).replace("torch.", "")
+    cfg["baseline"] = "transformers BertForSequenceClassification, attn_implementation=sdpa, padded"
+    cfg["timing"] = "min over runs, cascade_rt and HF interleaved; medians recorded too"
+
+    peak = common.gemm_peak_flops(device, dtype)
+    cfg["peak_flops_measured"] = peak
+    print(f"device {common.device_name(device)}, {cfg['dtype']}, measured matmul peak "
+          f"{peak / 1e12:.3f} TFLOP/s; backends {common.op_backends(device)}")
+    print(f"{'model':<10}{'batch':>6}{'avg':>6}{'tokens':>8}{'HF ms':>10}{'ours ms':>10}"
+          f"{'speedup':>9}{'analytic':>9}{'tok/s':>10}{'peak':>7}{'diff':>9}")
+    results = []
+    for model in cfg["models"]:
+        tier = build(model, device, dtype)
+        hf = common.hf_from_tier(tier)
+        for batch in cfg["batches"]:
+            if batch > cfg.get("max_batch", {}).get(model, batch) and args.batches is None:
+                continue
+            for frac in cfg["fracs"]:
+                r = run_case(tier, hf, batch, frac, cfg["max_len"], cfg["runs"], device, peak)
+                r["model"] = model
+                results.append(r)
+                print(f"{model:<10}{batch:>6}{frac:>6.1f}{r['tokens']:>8}{r['hf_ms']:>10.2f}"
+                      f"{r['cascade_rt_ms']:>10.2f}{r['speedup']:>8.2f}x{r['analytic_speedup']:>8.2f}x"
+                      f"{r['cascade_rt_tokens_per_s']:>10.0f}{r['cascade_rt_peak_frac']:>7.1%}"
+                      f"{r['max_abs_logit_diff']:>9.1e}", flush=True)
+        del tier, hf
+    out_dir = Path(args.out_dir)
+    path = common.write_result("e2e_tier", device, cfg, results, out_dir)
+    print(f"wrote {path}")
+    if not args.no_plot:
+        png = path.with_suffix(".png")
+        env = common.environment(device)
+        plot(results, png, f"one tier padding-free vs HF sdpa padded, {cfg['dtype']}, {env['device']}, "
+                           f"{env['cpu_threads'] if device.type == 'cpu' else ''} commit {env['commit']}")
+        print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
