@@ -67,7 +67,18 @@ def _thresholds_for(model, ids, mask, types, mode):
         return [1.0] * n
     if mode == "all_exit":
         return [0.0] * n
-    return [float(_confidences(t, ids, mask, types).median()) for t in model.tiers[:-1]]
+    return [_gap_threshold(_confidences(t, ids, mask, types)) for t in model.tiers[:-1]]
+
+
+def _gap_threshold(conf):
+    """Half-way across the widest gap between sorted confidences near the middle, so that
+    no row sits within rounding of the threshold (paths may differ in the last bits)."""
+    s = torch.sort(conf).values
+    n = len(s)
+    lo, hi = max(1, n // 4), max(2, min(n, 3 * n // 4 + 1))
+    gaps = s[lo:hi] - s[lo - 1:hi - 1]
+    j = int(torch.argmax(gaps)) + lo
+    return float((s[j - 1] + s[j]) / 2)
 
 
 def _run_both(model, *args, **kwargs):
