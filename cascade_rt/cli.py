@@ -13,6 +13,8 @@ import sys
 COMMANDS = {
     "demo": ("cascade_rt.demo", "train a cascade on the shipped data, compare with early exit, plot"),
     "infer": ("cascade_rt.infer_demo", "two-tier inference demo on the shipped MiniLM weights"),
+    "train": ("cascade_rt.train.cli", "fine-tune one tier (optionally with DAO) on a data set"),
+    "evaluate": ("cascade_rt.evaluate.cli", "choose thresholds on dev, report test metrics and speed-up"),
     "info": ("cascade_rt.info", "versions and available backends"),
     "bench": ("cascade_rt.bench_cli", "end-to-end benchmarks (bench/), JSON + plots in bench/results/"),
 }

@@ -1,0 +1,72 @@
+"""``cascade-rt train``: fine-tune one tier (optionally with DAO) on a data set.
+
+    cascade-rt train --init DIR --out DIR [--data movies|file.csv] [--layers K] [--dao]
+
+``--init`` is a ``BertForSequenceClassification`` dir or a bare BERT encoder (``BertModel``);
+``--layers K`` keeps its first K layers. With ``--dao``, difficulty labels come from k-fold
+held-out predictions of the same initial tier (cached beside the output).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init", default=None, help="initial checkpoint dir (default: the shipped MiniLM)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default="movies")
+    p.add_argument("--layers", type=int, default=None, help="keep the first K layers of --init")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dao", action="store_true", help="train with the difficulty-aware objective")
+    p.add_argument("--no-dao", dest="dao", action="store_false", help="plain cross-entropy (default)")
+    p.add_argument("--margin", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--difficulty-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args) -> int:
+    import torch
+    from transformers import BertTokenizer
+
+    from .. import make_classifier_checkpoint
+    from ..checkpoint import read_config
+    from ..data import load_dataset
+    from ..paths import shipped_minilm_dir
+    from . import TrainConfig, difficulty_labels, encode, finetune
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    splits = load_dataset(args.data, seed=args.seed)
+    print(splits.describe())
+    init = Path(args.init) if args.init else shipped_minilm_dir()
+    out = Path(args.out)
+    cfg = read_config(init)
+    is_classifier = "BertForSequenceClassification" in (cfg.get("architectures") or [])
+    if not is_classifier or args.layers is not None or cfg.get("num_labels", len(cfg.get("id2label") or {}) or 2) != splits.num_labels:
+        base = out.parent / f"{out.name}_init"
+        make_classifier_checkpoint(init, base, num_labels=splits.num_labels, num_layers=args.layers, seed=args.seed)
+        init = base
+    vocab = next((p / "vocab.txt" for p in (init, Path(args.init or shipped_minilm_dir())) if (p / "vocab.txt").is_file()), None)
+    if vocab is None:
+        raise SystemExit(f"no vocab.txt in {init}; copy the tokenizer's vocab.txt there")
+    tok = BertTokenizer(vocab=str(vocab))
+    train = encode(tok, splits.train, args.max_len)
+    tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                     dao=args.dao, margin=args.margin, lam=args.lam)
+    easy = None
+    if args.dao:
+        diff = difficulty_labels(init, train, TrainConfig(**{**vars(tc), "dao": False}), folds=args.folds,
+                                 seeds=args.difficulty_seeds, cache=out.parent / f"{out.name}_difficulty.json",
+                                 quiet=args.quiet)
+        easy = diff["easy"]
+        print(f"difficulty labels: {sum(easy)} easy / {len(easy) - sum(easy)} hard")
+    finetune(init, train, out, tc, easy=easy, desc=out.name, quiet=args.quiet)
+    print(f"saved {out} (loadable by transformers and cascade_rt.CascadeBert.from_pretrained)")
+    return 0
