@@ -98,7 +98,7 @@ def run(args) -> int:
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
     tr, dv, te = (encode(tok, getattr(splits, p), args.max_len) for p in ("train", "dev", "test"))
     print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
-    root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}"
+    root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}_fw"
                                    + (f"_limit{args.limit}" if args.limit else ""))
     root.mkdir(parents=True, exist_ok=True)
     C = splits.num_labels
