@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg[key] = getattr(args, key)
     cfg["dtype"] = str(dtype).replace("torch.", "")
     cfg["baseline"] = "transformers BertForSequenceClassification, attn_implementation=sdpa, padded"
+    cfg["padding"] = "every batch padded to max_len (padding='max_length'), lengths uniform around avg_len_frac * max_len"
     cfg["timing"] = "min over runs, cascade_rt and HF interleaved; medians recorded too"
 
     peak = common.gemm_peak_flops(device, dtype)
