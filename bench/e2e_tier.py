@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         png = path.with_suffix(".png")
         env = common.environment(device)
         plot(results, png, f"one tier padding-free vs HF sdpa padded, {cfg['dtype']}, {env['device']}, "
-                           f"{env['cpu_threads'] if device.type == 'cpu' else ''} commit {env['commit']}")
+                           (f"{env['cpu_threads']} thread(s), " if device.type == 'cpu' else "") + f"commit {env['commit']}")
         print(f"wrote {png}")
     return 0
 
