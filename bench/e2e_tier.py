@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         png = path.with_suffix(".png")
         env = common.environment(device)
+        threads = f"{env['cpu_threads']} thread(s), " if device.type == "cpu" else ""
         plot(results, png, f"one tier padding-free vs HF sdpa padded, {cfg['dtype']}, {env['device']}, "
-                           (f"{env['cpu_threads']} thread(s), " if device.type == 'cpu' else "") + f"commit {env['commit']}")
+                           f"{threads}commit {env['commit']}")
         print(f"wrote {png}")
     return 0
 
