@@ -256,12 +256,12 @@ def minilm_tier(num_layers: int = 6, *, num_labels: int = 2, seed: int = 0,
 
 def random_padded_batch(batch: int, max_len: int, mean_frac: float, *, vocab: int, seed: int = 0,
                         device: torch.device | str = "cpu"):
-    """HF-style right-padded batch whose lengths are uniform around ``mean_frac * max_len``.
+    """HF-style batch padded to ``max_len`` (``padding="max_length"``) whose row lengths are
+    uniform around ``mean_frac * max_len``.
 
     Lengths are drawn uniformly from ``[2m - max_len, max_len]`` (m the target mean) when
     ``mean_frac >= 0.5``, else from ``[1, 2m - 1]``, so their mean is ``mean_frac * max_len``
-    up to sampling noise; one row is always ``max_len`` long (the batch is padded to it, as a
-    tokenizer with ``padding=True`` does), except that ``mean_frac == 1`` makes every row full.
+    up to sampling noise (``mean_frac == 1``: every row full).
 
     Returns input_ids (B, max_len) int64, attention_mask (B, max_len) int64, lengths (B,) list.
     """
@@ -269,7 +269,6 @@ def random_padded_batch(batch: int, max_len: int, mean_frac: float, *, vocab: in
     m = mean_frac * max_len
     lo, hi = (max(1, round(2 * m - max_len)), max_len) if mean_frac >= 0.5 else (1, max(1, round(2 * m - 1)))
     lens = torch.randint(lo, hi + 1, (batch,), generator=g)
-    lens[0] = max_len
     ids = torch.randint(1000, vocab, (batch, max_len), generator=g)
     col = torch.arange(max_len)
     mask = (col[None, :] < lens[:, None]).to(torch.int64)

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg[key] = getattr(args, key)
     cfg["dtype"] = str(dtype).replace("torch.", "")
     cfg["baseline"] = "transformers BertForSequenceClassification, attn_implementation=sdpa, padded"
+    cfg["padding"] = "every batch padded to max_len (padding='max_length'), lengths uniform around avg_len_frac * max_len"
     cfg["timing"] = "min over runs, cascade_rt and HF interleaved; medians recorded too"
 
     peak = common.gemm_peak_flops(device, dtype)
@@ -169,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         png = path.with_suffix(".png")
         env = common.environment(device)
+        threads = f"{env['cpu_threads']} thread(s), " if device.type == "cpu" else ""
         plot(results, png, f"one tier padding-free vs HF sdpa padded, {cfg['dtype']}, {env['device']}, "
-                           f"{env['cpu_threads'] if device.type == 'cpu' else ''} commit {env['commit']}")
+                           f"{threads}commit {env['commit']}")
         print(f"wrote {png}")
     return 0
 

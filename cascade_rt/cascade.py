@@ -157,6 +157,13 @@ class CascadeBert(nn.Module):
             check=self.check_inputs, trim=not self._sync_free_active(),
         )
 
+    def capture(self, max_batch: int, max_seqlen: int, **kwargs):
+        """This cascade's forward for padded input up to ``(max_batch, max_seqlen)`` captured in
+        a CUDA graph (switches ``sync_free`` on); see :class:`cascade_rt.graphs.CapturedCascade`."""
+        from .graphs import capture
+
+        return capture(self, max_batch, max_seqlen, **kwargs)
+
     def _sync_free_active(self) -> bool:
         return self.sync_free
 

@@ -115,8 +115,9 @@ def exit_head_ref(
     pooled = torch.tanh(F.linear(cls_hidden.float(), pooler_w.float(), pooler_b.float()))
     logits = F.linear(pooled, cls_w.float(), cls_b.float())
     confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
-    thr = torch.tensor(threshold, dtype=torch.float32)
-    exit_mask = confidence >= thr.to(confidence.device)
+    # a Python scalar against the fp32 tensor compares in fp32, with no host-to-device copy
+    # (which would synchronise on CUDA and break graph capture)
+    exit_mask = confidence >= float(threshold)
     return logits, confidence, exit_mask
 
 

@@ -70,6 +70,10 @@ class _Layer(nn.Module):
         """Query/key/value weights fused to (3H, H) and (3H,); rebuilt when any of them changes."""
         sa = getattr(self.attention, "self")
         params = (sa.query.weight, sa.key.weight, sa.value.weight, sa.query.bias, sa.key.bias, sa.value.bias)
+        if torch.compiler.is_compiling():
+            # the cache check compares data pointers, which torch.compile cannot trace; the
+            # concatenation is a few weight-sized copies that the compiler may hoist
+            return torch.cat(params[:3], 0), torch.cat(params[3:], 0)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._qkv_cache is None or self._qkv_cache[0] != key:
             with torch.no_grad():

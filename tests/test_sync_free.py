@@ -319,3 +319,21 @@ def test_cuda_forward_makes_no_host_sync(dtype):
 def _fresh_tiers():
     """GPU-friendly shapes (head dim 32) so that the fast backends take every op."""
     return [_tier(1, 64, 2, 1), _tier(2, 96, 3, 2), _tier(2, 128, 4, 3)]
+
+
+def test_reference_exit_threshold_compares_in_fp32():
+    """The reference exit head compares against a Python scalar (no host-to-device tensor copy,
+    which syncs on CUDA); the comparison must still round the threshold to fp32."""
+    from cascade_rt.reference import exit_head_ref
+
+    H = 4
+    cls = torch.zeros(1, H)
+    pw, pb = torch.zeros(H, H), torch.zeros(H)
+    cw, cb = torch.zeros(2, H), torch.tensor([0.0, math.log(9.0)])  # softmax -> [0.1, 0.9]
+    _, conf, _ = exit_head_ref(cls, pw, pb, cw, cb, 0.5)
+    c = float(conf[0])  # exactly representable in fp32
+    above = float(torch.nextafter(torch.tensor(c, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)))
+    assert above > c and float(torch.tensor(above, dtype=torch.float32)) == c  # rounds to c in fp32
+    assert bool(exit_head_ref(cls, pw, pb, cw, cb, above)[2][0])
+    next32 = float(torch.nextafter(conf[0], torch.tensor(2.0)))
+    assert not bool(exit_head_ref(cls, pw, pb, cw, cb, next32)[2][0])
