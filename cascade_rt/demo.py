@@ -29,11 +29,14 @@ from .paths import cache_dir, shipped_minilm_dir
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="movies", help="shipped set (movies, tweets, amazon, nyt) or a CSV/JSONL file")
-    p.add_argument("--small-layers", type=int, nargs="+", default=[1],
+    p.add_argument("--small-layers", type=int, nargs="+", default=[2],
                    help="layers of the small tier(s) cut from the shipped MiniLM (smallest first)")
     p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0, 4.0],
                    help="analytic speed-ups to choose thresholds for")
     p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the final tier")
+    p.add_argument("--small-lr", type=float, default=3e-4,
+                   help="learning rate of the small tiers (a 1-2 layer tier barely moves at 1e-4 in one epoch)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--folds", type=int, default=3, help="folds for the difficulty labels")
     p.add_argument("--margin", type=float, default=0.5)
@@ -103,7 +106,8 @@ def run(args) -> int:
     root.mkdir(parents=True, exist_ok=True)
     C = splits.num_labels
     small_layers = sorted(args.small_layers)
-    cfg = TrainConfig(epochs=args.epochs, lr=1e-4, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam)
+    small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr})
 
     def base(n):
         d = root / f"init_l{n}"
@@ -115,7 +119,8 @@ def run(args) -> int:
         d = root / name
         if not (d / "model.safetensors").is_file():
             t = _step(f"fine-tuning {name} ({n} layer{'s' if n > 1 else ''}, {len(tr)} rows)")
-            finetune(base(n), tr, d, cfg if not kw else TrainConfig(**{**vars(cfg), **kw.get("over", {})}),
+            base_cfg = cfg if n == L else small_cfg
+            finetune(base(n), tr, d, TrainConfig(**{**vars(base_cfg), **kw.get("over", {})}),
                      easy=kw.get("easy"), desc=name, quiet=args.quiet)
             print(f"  done in {time.perf_counter() - t:.0f} s")
         else:
@@ -125,12 +130,12 @@ def run(args) -> int:
     L = args.large_layers
     large = trained(f"large_l{L}", L)
     t = _step(f"difficulty labels: {args.folds}-fold held-out predictions of the {small_layers[0]}-layer tier")
-    diff = difficulty_labels(base(small_layers[0]), tr, cfg, folds=args.folds, extra={"test": te, "dev": dv},
-                             cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}.json", quiet=args.quiet)
+    diff = difficulty_labels(base(small_layers[0]), tr, small_cfg, folds=args.folds, extra={"test": te, "dev": dv},
+                             cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}_lr{args.small_lr:g}.json", quiet=args.quiet)
     easy = diff["easy"]
     print(f"  {sum(easy)} easy / {len(easy) - sum(easy)} hard training rows ({time.perf_counter() - t:.0f} s)")
-    smalls_dao = [trained(f"small_l{n}_dao", n, easy=easy, over={"dao": True}) for n in small_layers]
-    smalls_ce = [trained(f"small_l{n}_ce", n) for n in small_layers]
+    smalls_dao = [trained(f"small_l{n}_lr{args.small_lr:g}_dao", n, easy=easy, over={"dao": True}) for n in small_layers]
+    smalls_ce = [trained(f"small_l{n}_lr{args.small_lr:g}_ce", n) for n in small_layers]
 
     ee_dir = root / "early_exit"
     if not (ee_dir / "exit_heads.safetensors").is_file():
