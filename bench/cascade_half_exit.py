@@ -50,11 +50,14 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a loaded machine)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "cascade_half_exit.jsonl"))
     args = p.parse_args()
     from transformers import BertTokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model, src = build_cascade()
     model = model.to(dev, dtype)
@@ -82,7 +85,14 @@ def main() -> None:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__, "cascade_rt": cascade_rt.__version__,
-        "backend": cascade_rt.backends.implementation("exit_head", enc["input_ids"])[0],
+        "backend": {op: cascade_rt.backends.implementation(op, *args)[0] for op, args in {
+            "varlen_attention": (torch.zeros(1, 1, 32, device=dev, dtype=dtype),) * 3
+            + (torch.zeros(2, dtype=torch.int32, device=dev), 1, None),
+            "exit_head": (torch.zeros(1, 4, device=dev, dtype=dtype), torch.zeros(4, 4, device=dev, dtype=dtype),
+                          torch.zeros(4, device=dev, dtype=dtype), torch.zeros(2, 4, device=dev, dtype=dtype),
+                          torch.zeros(2, device=dev, dtype=dtype), 0.5),
+        }.items()},
+        "loadavg": list(__import__("os").getloadavg()),
         "dtype": args.dtype, "rows": args.rows, "mean_tokens": sum(lens) / len(lens),
         "threshold": model.thresholds[0], "rows_per_tier": out.rows_per_tier.tolist(),
         "exit_rate_tier0": exit_tier.count(0) / len(exit_tier),
