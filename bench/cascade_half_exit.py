@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 import cascade_rt
 from cascade_rt import CascadeBert, flops
 from cascade_rt.infer_demo import SENTENCES, build_cascade
+from cascade_rt.timing import interleaved
 
 
 def _commit() -> str:
@@ -31,18 +30,6 @@ def _commit() -> str:
                                        cwd=Path(__file__).parent, stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
-
-
-def _timeit(fn, runs: int, sync) -> list[float]:
-    fn()
-    sync()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
@@ -74,10 +61,8 @@ def main() -> None:
     exit_tier = out.exit_tier.tolist()
     analytic = flops.analytic_speedup([t.config for t in model.tiers], lens, exit_tier)
     alone = CascadeBert([model.tiers[-1]], []).eval()
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    t_c = _timeit(lambda: model(**enc), args.runs, sync)
-    t_a = _timeit(lambda: alone(**enc), args.runs, sync)
-    med_c, med_a = statistics.median(t_c), statistics.median(t_a)
+    t = interleaved({"cascade": lambda: model(**enc), "alone": lambda: alone(**enc)}, dev, runs=args.runs)
+    med_c, med_a = t["cascade"]["median"], t["alone"]["median"]
     rec = {
         "bench": "cascade_half_exit",
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -102,7 +87,7 @@ def main() -> None:
     }
     print(f"rows {args.rows}, mean {rec['mean_tokens']:.1f} tokens, {rec['exit_rate_tier0']:.0%} exit at tier 0; "
           f"backend {rec['backend']}, {rec['threads']} threads")
-    print(f"6-layer tier alone {rec['last_tier_ms']:.1f} ms | cascade {rec['cascade_ms']:.1f} ms (median of {args.runs})")
+    print(f"6-layer tier alone {rec['last_tier_ms']:.1f} ms | cascade {rec['cascade_ms']:.1f} ms (median of {args.runs}, interleaved)")
     print(f"speed-up measured {rec['speedup_measured']:.2f}x  analytic {analytic:.2f}x  "
           f"measured/analytic {rec['measured_over_analytic']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

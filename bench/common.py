@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -139,48 +136,8 @@ def warn_if_loaded(device: torch.device) -> None:
                   f"running; CPU timings will be noisy (try --threads 1)", flush=True)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, runs: int = 5,
-            min_time: float = 0.0) -> dict:
-    """Wall time of ``fn()`` in seconds: median, min and all runs (synchronised on CUDA).
-
-    Runs at least ``runs`` times and until ``min_time`` seconds have passed.
-    """
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < runs or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "runs": len(times),
-            "all": [round(t, 6) for t in times]}
-
-
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 1,
-                runs: int = 5) -> dict[str, dict]:
-    """Time several functions round-robin (A B A B ...) so that drift (clock, other load) hits
-    each alike; returns ``time_fn``-style dicts per name."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: {"median": statistics.median(v), "min": min(v), "runs": len(v),
-                "all": [round(t, 6) for t in v]} for k, v in times.items()}
+# timing lives in the package so the demo and the CLI time models the same way
+from cascade_rt.timing import interleaved, sync as _sync, time_fn  # noqa: E402,F401
 
 
 def gemm_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
+    p.add_argument("--timing-runs", type=int, default=1,
+                   help="timed passes over the test split per point (each interleaved with the final tier alone)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -56,39 +58,15 @@ def _step(msg: str) -> float:
     return time.perf_counter()
 
 
-def _timed_run(model, enc, batch: int) -> tuple[float, dict]:
-    """Wall time of ``model`` over all rows in input order, batches of ``batch``; outputs."""
-    N = enc["input_ids"].shape[0]
-    outs = {"logits": [], "exit_tier": [], "confidence": [], "rows": None}
-    t0 = time.perf_counter()
-    for s in range(0, N, batch):
-        sl = {k: v[s:s + batch] for k, v in enc.items()}
-        n = int(sl["attention_mask"].sum(1).max())
-        sl = {k: v[:, :n] for k, v in sl.items()}
-        o = model(**sl)
-        outs["logits"].append(o.logits)
-        outs["exit_tier"].append(o.exit_tier)
-        outs["confidence"].append(o.confidence)
-        outs["rows"] = o.rows_per_tier if outs["rows"] is None else outs["rows"] + o.rows_per_tier
-    dt = time.perf_counter() - t0
-    return dt, {k: (torch.cat(v) if isinstance(v, list) else v) for k, v in outs.items()}
-
-
-def _padded(data, idx=None):
-    from .train import collate
-
-    idx = list(range(len(data))) if idx is None else idx
-    return collate(data, idx)
-
-
 def run(args) -> int:
     from transformers import BertTokenizer
 
     from .data import load_dataset
     from .early_exit import EarlyExitBert, layer_cls_features, train_exit_heads
-    from .evaluate import dis, ece, f1_binary, reliability_bins, row_costs, search_thresholds, simulate_exits
+    from .evaluate import (dis, ece, f1_binary, reliability_bins, row_costs, run_batches, search_thresholds,
+                           simulate_exits, tier_row_costs, timed_against)
     from .tier import Tier
-    from .train import TrainConfig, difficulty_labels, encode, finetune, predict_probs
+    from .train import TrainConfig, collate, difficulty_labels, encode, finetune, predict_probs
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -158,17 +136,14 @@ def run(args) -> int:
         ee_probs = {name: [torch.softmax(h(f[:, i]), -1) for i, h in enumerate(early.heads)]
                     + [probs[large][k]] for k, (name, f) in enumerate(feats.items())}
 
-    def costs(seq_cfgs, lengths):
-        return row_costs([[flops.tier_flops(c, [n]) for n in lengths] for c in seq_cfgs])
-
     def ee_costs(lengths):
         c = early.backbone.config
         return row_costs([[flops.early_exit_flops(c, [n], [0]) for n in lengths]] * c.num_hidden_layers)
 
     full_dv = sum(flops.tier_flops(cfgs[large], [n]) for n in dv.lengths)
-    enc_te = _padded(te)
+    enc_te = collate(te, range(len(te)))
     full_model = CascadeBert([tiers[large]], []).eval()
-    t_full, o_full = _timed_run(full_model, enc_te, args.batch)
+    o_full = run_batches(full_model, enc_te, args.batch)
     full_acc_te = float((o_full["logits"].argmax(-1).numpy() == labels_te).mean())
     full_conf = o_full["confidence"].numpy()
     full_correct = o_full["logits"].argmax(-1).numpy() == labels_te
@@ -177,67 +152,54 @@ def run(args) -> int:
         "ece": ece(full_conf, full_correct), "dis": dis(full_conf, easy_te),
         "speedup_analytic": 1.0, "speedup_measured": 1.0, "rows_per_tier": [len(te)],
         "f1": f1_binary(o_full["logits"].argmax(-1).numpy(), labels_te) if C == 2 else None,
-        "seconds": t_full,
     }]
-    print(f"{L}-layer tier alone: test accuracy {full_acc_te:.4f}, {t_full:.2f} s for {len(te)} rows")
+    print(f"{L}-layer tier alone: test accuracy {full_acc_te:.4f}")
     reliab = {"full": (full_conf, full_correct)}
+
+    def measure(method, model, stage_cfgs, ths, target, dis_conf):
+        """One sweep point: the model timed against the final tier alone, interleaved."""
+        dt, t_full, o = timed_against(model, full_model, enc_te, args.batch, runs=args.timing_runs)
+        pred = o["logits"].argmax(-1).numpy()
+        conf = o["confidence"].numpy()
+        exit_t = o["exit_tier"].numpy()
+        if method == "early_exit":
+            c = early.backbone.config
+            sp_an = (sum(flops.tier_flops(c, [n]) for n in te.lengths)
+                     / flops.early_exit_flops(c, te.lengths, exit_t.tolist()))
+        else:
+            sp_an = flops.analytic_speedup(stage_cfgs, te.lengths, exit_t.tolist())
+        pt = {
+            "method": method, "thresholds": [float(t) for t in ths], "accuracy": float((pred == labels_te).mean()),
+            "ece": ece(conf, pred == labels_te), "dis": dis(dis_conf, easy_te),
+            "speedup_analytic": sp_an, "speedup_measured": t_full / dt, "rows_per_tier": o["rows"].tolist(),
+            "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": target,
+            "seconds": dt, "seconds_full": t_full,
+        }
+        points.append(pt)
+        if target == 2.0:
+            reliab[method] = (conf, pred == labels_te)
+        return pt, exit_t
 
     methods = {"cascade": smalls_dao, "cascade_no_dao": smalls_ce}
     for method, smalls in methods.items():
         dirs = [*smalls, large]
-        cum_dv = costs([cfgs[d] for d in dirs], dv.lengths)
+        stage_cfgs = [cfgs[d] for d in dirs]
+        cum_dv = tier_row_costs(stage_cfgs, dv.lengths)
         model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls)).eval()
         for target in args.targets:
             ths, _, _ = search_thresholds([probs[d][0] for d in dirs], labels_dv, cum_dv, full_dv,
                                           target_speedup=target)
             model.set_thresholds(ths)
-            dt, o = _timed_run(model, enc_te, args.batch)
-            pred = o["logits"].argmax(-1).numpy()
-            conf = o["confidence"].numpy()
-            exit_t = o["exit_tier"].numpy()
+            pt, exit_t = measure(method, model, stage_cfgs, ths, target, probs[dirs[0]][1].amax(-1).numpy())
             sim_stage, _, _ = simulate_exits([probs[d][1] for d in dirs], ths)
-            agree = float((sim_stage == exit_t).mean())
-            pt = {
-                "method": method, "thresholds": ths, "accuracy": float((pred == labels_te).mean()),
-                "ece": ece(conf, pred == labels_te),
-                "dis": dis(probs[dirs[0]][1].amax(-1).numpy(), easy_te),
-                "speedup_analytic": flops.analytic_speedup([cfgs[d] for d in dirs], te.lengths, exit_t.tolist()),
-                "speedup_measured": t_full / dt, "rows_per_tier": o["rows"].tolist(),
-                "f1": f1_binary(pred, labels_te) if C == 2 else None,
-                "target_speedup": target, "seconds": dt, "exit_agreement_with_simulation": agree,
-            }
-            points.append(pt)
-            if target == 2.0:
-                reliab[method] = (conf, pred == labels_te)
+            pt["exit_agreement_with_simulation"] = float((sim_stage == exit_t).mean())
 
     cum_ee_dv = ee_costs(dv.lengths)
     for target in args.targets:
-        # one shared threshold for every internal head, DeeBERT-style: 1-D search on dev
-        best = None
-        for thr in np.unique(np.quantile(torch.cat([p.amax(-1) for p in ee_probs["dev"][:-1]]).numpy(),
-                                         np.linspace(0, 1, 200))):
-            stage, pred, _ = simulate_exits(ee_probs["dev"], [float(thr)] * (len(ee_probs["dev"]) - 1))
-            sp = full_dv / cum_ee_dv[stage, np.arange(len(stage))].sum()
-            acc = float((pred == labels_dv).mean())
-            key = (sp >= target, acc if sp >= target else sp)
-            if best is None or key > best[0]:
-                best = (key, float(thr))
-        thr = min(max(best[1], 0.0), 1.0)
-        early.threshold = thr
-        dt, o = _timed_run(early, enc_te, args.batch)
-        pred = o["logits"].argmax(-1).numpy()
-        conf = o["confidence"].numpy()
-        exit_l = o["exit_tier"].numpy()
-        sp_an = (sum(flops.tier_flops(early.backbone.config, [n]) for n in te.lengths)
-                 / flops.early_exit_flops(early.backbone.config, te.lengths, exit_l.tolist()))
-        points.append({
-            "method": "early_exit", "thresholds": [thr], "accuracy": float((pred == labels_te).mean()),
-            "ece": ece(conf, pred == labels_te), "dis": dis(ee_probs["test"][0].amax(-1).numpy(), easy_te),
-            "speedup_analytic": sp_an, "speedup_measured": t_full / dt, "rows_per_tier": o["rows"].tolist(),
-            "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": target, "seconds": dt,
-        })
-        if target == 2.0:
-            reliab["early_exit"] = (conf, pred == labels_te)
+        # the same search as the cascade's: one threshold per exit layer, chosen on dev
+        ths, _, _ = search_thresholds(ee_probs["dev"], labels_dv, cum_ee_dv, full_dv, target_speedup=target)
+        early.threshold = ths
+        measure("early_exit", early, None, ths, target, ee_probs["test"][0].amax(-1).numpy())
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Dynamic early exit on one backbone (the DeeBERT-style baseline), batched and padding-free.
 
 An exit head (pooler + classifier) after every layer but the last; a row leaves after the
-first layer whose head is confident enough (max softmax probability >= threshold). Exiting
-rows' hidden states are compacted away on the device, so later layers run only on the rows
-left: the same machinery as :class:`cascade_rt.CascadeBert`, applied within one model.
+first layer whose head is confident enough (max softmax probability >= that layer's
+threshold). Exiting rows' hidden states are compacted away on the device, so later layers
+run only on the rows left: the same machinery as :class:`cascade_rt.CascadeBert`, applied within one model.
 Heads train DeeBERT's way: the backbone and its final head first (ordinary fine-tuning), then
 the internal heads on the frozen backbone (:func:`train_exit_heads`).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +39,29 @@ class ExitHead(nn.Module):
 class EarlyExitBert(nn.Module):
     """A backbone tier plus one :class:`ExitHead` per layer but the last."""
 
-    def __init__(self, backbone: Tier, heads: list[ExitHead], threshold: float = 1.0):
+    def __init__(self, backbone: Tier, heads: list[ExitHead], threshold: float | Sequence[float] = 1.0):
         super().__init__()
         if len(heads) != backbone.config.num_hidden_layers - 1:
             raise ValueError(f"need {backbone.config.num_hidden_layers - 1} exit heads, got {len(heads)}")
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
-        self.threshold = float(threshold)
+        self.threshold = threshold
+
+    @property
+    def threshold(self) -> list[float]:
+        """One confidence threshold per exit head (a float sets them all)."""
+        return list(self._thresholds)
+
+    @threshold.setter
+    def threshold(self, value: float | Sequence[float]) -> None:
+        n = len(self.heads)
+        vals = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+        if len(vals) != n:
+            raise ValueError(f"need {n} exit thresholds (one per exit head), got {len(vals)}")
+        bad = [v for v in vals if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"exit thresholds must be in [0, 1], got {bad}")
+        self._thresholds = vals
 
     @classmethod
     def from_pretrained(cls, path, threshold: float = 1.0) -> "EarlyExitBert":
@@ -96,7 +113,7 @@ class EarlyExitBert(nn.Module):
                 break
             h = self.heads[i]
             logits, conf, mask = ops.exit_head(cls_h, h.pooler.weight, h.pooler.bias,
-                                               h.classifier.weight, h.classifier.bias, self.threshold)
+                                               h.classifier.weight, h.classifier.bias, self._thresholds[i])
             ops.scatter_exits(mask, row_index, logits, conf, i, out_l, out_c, out_t)
             x, cu, local, n_kept = ops.compact(mask, x, cu)
             n_rows, n_tok = torch.stack([n_kept.to(torch.int64), cu[-1].to(torch.int64)]).tolist()

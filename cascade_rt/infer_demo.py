@@ -9,7 +9,6 @@ exit early; the demo prints each row's exit tier and confidence, then the analyt
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -51,20 +50,11 @@ def build_cascade(num_labels: int = 2):
     return CascadeBert.from_pretrained(dirs, thresholds=[0.5]).eval(), src
 
 
-def _time(fn, runs: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def run(args) -> int:
     from transformers import BertTokenizer
 
     from . import CascadeBert, backends, flops
+    from .timing import interleaved
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,11 +80,12 @@ def run(args) -> int:
     cfgs = [t.config for t in model.tiers]
     analytic = flops.analytic_speedup(cfgs, lens.tolist(), out.exit_tier.tolist())
     alone = CascadeBert([model.tiers[-1]], []).eval()
-    t_casc = _time(lambda: model(**enc), args.timing_runs)
-    t_alone = _time(lambda: alone(**enc), args.timing_runs)
+    t = interleaved({"cascade": lambda: model(**enc), "alone": lambda: alone(**enc)}, model.device,
+                    runs=args.timing_runs)
+    t_casc, t_alone = t["cascade"]["median"], t["alone"]["median"]
     print(f"rows per tier: {out.rows_per_tier.tolist()}  tokens per tier: {out.tokens_per_tier.tolist()}")
     print(f"6-layer tier alone: {t_alone * 1e3:.1f} ms   cascade: {t_casc * 1e3:.1f} ms   "
-          f"(best of {args.timing_runs}, {torch.get_num_threads()} threads)")
+          f"(median of {args.timing_runs}, interleaved, {torch.get_num_threads()} threads)")
     print(f"speed-up over the last tier alone: measured {t_alone / t_casc:.2f}x, analytic {analytic:.2f}x")
     return 0
 

@@ -224,6 +224,7 @@ class Tier(nn.Module):
         logits, _, _ = self.exit_head(self.first_tokens(hidden, batch.cu_seqlens), 1.0)
         return logits
 
+    @torch.no_grad()
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -233,7 +234,10 @@ class Tier(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
     ) -> torch.Tensor:
-        """Logits (B, num_labels) float32 for padded ``(B, S)`` or packed ``(T,)`` input."""
+        """Logits (B, num_labels) float32 for padded ``(B, S)`` or packed ``(T,)`` input.
+
+        Inference only (no autograd graph is built); train with ``transformers`` and load the
+        result (see :mod:`cascade_rt.train`)."""
         batch = prepare_inputs(
             input_ids, attention_mask, token_type_ids, cu_seqlens, max_seqlen,
             limits=[self.config], device=self.device, check=True,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cascade_rt import CascadeBert, Tier, flops
+from cascade_rt import CascadeBert, flops
 
 
 def _enc(tokenizer, sentences):

@@ -1,5 +1,4 @@
 """The references themselves, against obvious (slow, padded, loop) formulations."""
-import math
 
 import pytest
 import torch

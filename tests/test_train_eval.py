@@ -8,7 +8,7 @@ import torch
 
 from cascade_rt.data import Example, load_dataset, load_table, split
 from cascade_rt.evaluate import dis, ece, f1_binary, row_costs, search_thresholds, simulate_exits
-from cascade_rt.train import Encoded, TrainConfig, dao_loss, difficulty_labels, encode, finetune, predict_probs
+from cascade_rt.train import TrainConfig, dao_loss, difficulty_labels, encode, finetune, predict_probs
 
 
 def test_dao_loss_by_hand():
@@ -66,6 +66,38 @@ def test_simulate_and_search():
     assert acc == 1.0 and sp == pytest.approx(16 / 12)
     ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, max_drop=0.3, full_accuracy=1.0)
     assert sp == pytest.approx(4.0)
+
+
+def test_search_many_stages_beats_shared_threshold():
+    """With too many combinations to try, the search improves one stage at a time from the
+    best shared threshold: on this set it finds the exhaustive optimum, which no shared
+    threshold reaches."""
+    g = torch.Generator().manual_seed(0)
+    N, S = 200, 4
+    labels = torch.randint(2, (N,), generator=g).numpy()
+    probs = []
+    for s in range(S):
+        # stage s is right on a growing share of rows; stage 1 is confident but often wrong
+        right = torch.rand(N, generator=g) < (0.55 + 0.15 * s if s != 1 else 0.5)
+        conf = 0.5 + 0.5 * torch.rand(N, generator=g) * (1.0 if s != 1 else 0.2) + (0.4 if s == 1 else 0.0)
+        conf = conf.clamp(max=0.999)
+        p1 = torch.where(torch.tensor(labels == 1) == right, conf, 1 - conf)
+        probs.append(torch.stack([1 - p1, p1], -1))
+    cum = row_costs([[1.0] * N] * S)
+    full = float(S * N)
+    kw = dict(target_speedup=1.6, grid=12)
+    exact = search_thresholds(probs, labels, cum, full, **kw)
+    greedy = search_thresholds(probs, labels, cum, full, max_combos=1, **kw)
+    shared = []
+    for t in np.unique(np.concatenate([np.quantile(p.amax(-1).numpy(), np.linspace(0, 1, 12)) for p in probs[:-1]])):
+        stage, pred, _ = simulate_exits(probs, [float(t)] * (S - 1))
+        sp = full / cum[stage, np.arange(N)].sum()
+        if sp >= 1.6:
+            shared.append(float((pred == labels).mean()))
+    assert greedy[2] >= 1.6 and exact[2] >= 1.6
+    assert greedy[1] >= max(shared)
+    assert greedy[1] == pytest.approx(exact[1])
+    assert exact[1] > max(shared)  # per-stage thresholds matter on this set
 
 
 def test_csv_and_jsonl_loaders(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 __all__ = ["accuracy", "f1_binary", "ece", "dis", "simulate_exits", "row_costs", "search_thresholds",
-           "reliability_bins"]
+           "reliability_bins", "tier_row_costs", "run_batches", "timed_against"]
 
 
 def accuracy(pred, labels) -> float:
@@ -96,38 +96,137 @@ def row_costs(costs_per_stage: Sequence[Sequence[float]]) -> np.ndarray:
 
 def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
                       target_speedup: float | None = None, max_drop: float | None = None,
-                      full_accuracy: float | None = None, grid: int = 60):
+                      full_accuracy: float | None = None, grid: int = 60, max_combos: int = 200_000):
     """Choose one threshold per non-final stage on a dev set.
 
     With ``target_speedup``: the most accurate thresholds whose analytic speed-up is at least
     the target (if none reaches it, the fastest). With ``max_drop``: the fastest thresholds
     whose accuracy is at least ``full_accuracy - max_drop``. ``cum_cost``: (S, N) from
     :func:`row_costs`; ``full_cost``: the last stage alone on all rows.
+
+    Each stage's candidates are ``grid`` quantiles of its confidences plus "never exit". When
+    the grid has at most ``max_combos`` combinations every one is tried; otherwise (many
+    stages, e.g. early exit after every layer) the search starts from the best threshold
+    shared by all stages and then changes one or two stages' thresholds at a time while that
+    improves the result, so it is never worse on the search set than a shared threshold.
     Returns (thresholds, accuracy, analytic speed-up) on the search set.
     """
     if (target_speedup is None) == (max_drop is None):
         raise ValueError("give exactly one of target_speedup or max_drop")
+    if max_drop is not None and full_accuracy is None:
+        raise ValueError("max_drop needs full_accuracy")
     labels = np.asarray(labels)
     S = len(probs)
-    cands = []
-    for s in range(S - 1):
-        c = probs[s].amax(-1).numpy()
-        qs = np.unique(np.quantile(c, np.linspace(0, 1, grid)))
-        cands.append(np.concatenate([qs, [1.0 + 1e-6]]))
-    best = None
-    ar = np.arange(len(labels))
-    import itertools
+    if S < 2:
+        return [], float("nan"), 1.0
+    conf = torch.stack([p.amax(-1) for p in probs]).numpy()  # (S, N)
+    pred = torch.stack([p.argmax(-1) for p in probs]).numpy()
+    correct = pred == labels[None, :]
+    cum_cost = np.asarray(cum_cost, dtype=np.float64)
+    N = conf.shape[1]
+    ar = np.arange(N)
+    never = 1.0 + 1e-6  # above any probability: the stage never exits
+    cands = [np.concatenate([np.unique(np.quantile(conf[s], np.linspace(0, 1, grid))), [never]])
+             for s in range(S - 1)]
 
-    for ts in itertools.product(*cands):
-        ts = [min(float(t), 1.0) if t <= 1.0 else 1.0 for t in ts]
-        stage, pred, _ = simulate_exits(probs, ts)
-        acc = float((pred == labels).mean())
-        sp = full_cost / cum_cost[stage, ar].sum()
+    def score(ts):
+        stage = np.full(N, S - 1)
+        open_ = np.ones(N, dtype=bool)
+        for s, t in enumerate(ts):
+            go = open_ & (conf[s] >= t)
+            stage[go] = s
+            open_ &= ~go
+        acc = float(correct[stage, ar].mean())
+        sp = float(full_cost / cum_cost[stage, ar].sum())
         if target_speedup is not None:
-            key = (sp >= target_speedup, acc if sp >= target_speedup else sp)
-        else:
-            ok = acc >= full_accuracy - max_drop - 1e-12
-            key = (ok, sp if ok else acc)
+            ok = sp >= target_speedup
+            return (ok, acc if ok else sp), acc, sp
+        ok = acc >= full_accuracy - max_drop - 1e-12
+        return (ok, sp if ok else acc), acc, sp
+
+    best = None
+
+    def consider(ts):
+        nonlocal best
+        key, acc, sp = score(ts)
         if best is None or key > best[0]:
             best = (key, list(ts), acc, sp)
-    return best[1], best[2], best[3]
+            return True
+        return False
+
+    import itertools
+
+    if np.prod([float(len(c)) for c in cands]) <= max_combos:
+        for ts in itertools.product(*cands):
+            consider(ts)
+    else:
+        shared = np.unique(np.concatenate(cands))
+        for t in shared:
+            consider([t] * (S - 1))
+        # single-stage moves until they stall, then moves of two stages at once (trading
+        # one stage's exits for another's keeps the speed-up while the accuracy changes)
+        for _ in range(50):
+            changed = False
+            for s in range(S - 1):
+                for t in cands[s]:
+                    ts = list(best[1])
+                    ts[s] = t
+                    changed |= consider(ts)
+            if changed:
+                continue
+            for s1, s2 in itertools.combinations(range(S - 1), 2):
+                for t1 in cands[s1]:
+                    for t2 in cands[s2]:
+                        ts = list(best[1])
+                        ts[s1], ts[s2] = t1, t2
+                        changed |= consider(ts)
+            if not changed:
+                break
+    ths = [min(float(t), 1.0) for t in best[1]]
+    return ths, best[2], best[3]
+
+
+def tier_row_costs(configs, lengths) -> np.ndarray:
+    """(S, N) cumulative analytic FLOPs of a row of each length exiting at each tier."""
+    from .. import flops
+
+    return row_costs([[flops.tier_flops(c, [n]) for n in lengths] for c in configs])
+
+
+def run_batches(model, enc: dict, batch: int) -> dict:
+    """``model`` (a :class:`cascade_rt.CascadeBert` or anything returning a
+    :class:`cascade_rt.CascadeOutput`) over padded ``enc`` in batches of ``batch`` rows,
+    each batch cut to its longest row. Returns logits, exit_tier, confidence (input order)
+    and rows per tier summed over batches."""
+    N = enc["input_ids"].shape[0]
+    outs: dict = {"logits": [], "exit_tier": [], "confidence": []}
+    rows = None
+    for s in range(0, N, batch):
+        sl = {k: v[s:s + batch] for k, v in enc.items()}
+        n = int(sl["attention_mask"].sum(1).max())
+        o = model(**{k: v[:, :n] for k, v in sl.items()})
+        outs["logits"].append(o.logits)
+        outs["exit_tier"].append(o.exit_tier)
+        outs["confidence"].append(o.confidence)
+        rows = o.rows_per_tier if rows is None else rows + o.rows_per_tier
+    res = {k: torch.cat(v) for k, v in outs.items()}
+    res["rows"] = rows
+    return res
+
+
+def timed_against(model, baseline, enc: dict, batch: int, runs: int = 1):
+    """Wall time of ``model`` and ``baseline`` over the same rows, runs interleaved
+    (baseline, model, baseline, ...) so both see the same machine load.
+
+    Returns (model seconds, baseline seconds, model outputs); medians over ``runs``.
+    """
+    from ..timing import interleaved
+
+    keep = {}
+
+    def run_model():
+        keep["out"] = run_batches(model, enc, batch)
+
+    t = interleaved({"baseline": lambda: run_batches(baseline, enc, batch), "model": run_model},
+                    getattr(model, "device", None), warmup=0, runs=runs)
+    return t["model"]["median"], t["baseline"]["median"], keep["out"]

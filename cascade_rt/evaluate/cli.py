@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-speedup", type=float, default=None)
     g.add_argument("--max-drop", type=float, default=None, help="accuracy drop allowed, as a fraction (0.01 = 1 point)")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--timing-runs", type=int, default=3, help="interleaved timed passes (median)")
     p.add_argument("--save", default=None, help="save the cascade with the chosen thresholds here")
     p.add_argument("--json", default=None, help="write the report as JSON here")
 
@@ -32,9 +32,8 @@ def run(args) -> int:
 
     from .. import CascadeBert, flops
     from ..data import load_dataset
-    from ..demo import _padded, _timed_run
-    from ..train import encode, predict_probs
-    from . import ece, f1_binary, row_costs, search_thresholds
+    from ..train import collate, encode, predict_probs
+    from . import ece, f1_binary, run_batches, search_thresholds, tier_row_costs, timed_against
 
     torch.set_num_threads(os.cpu_count() or 1)
     paths = args.tiers[0] if len(args.tiers) == 1 else args.tiers
@@ -47,7 +46,7 @@ def run(args) -> int:
     probs_dv = [predict_probs(t, dv) for t in model.tiers]
     labels_dv, labels_te = np.array(dv.labels), np.array(te.labels)
     full_acc_dv = float((probs_dv[-1].argmax(-1).numpy() == labels_dv).mean())
-    cum = row_costs([[flops.tier_flops(c, [n]) for n in dv.lengths] for c in cfgs])
+    cum = tier_row_costs(cfgs, dv.lengths)
     full_cost = cum[-1].sum() - cum[-2].sum() if len(cfgs) > 1 else cum[-1].sum()
     if len(cfgs) > 1:
         target = args.target_speedup if (args.target_speedup or args.max_drop is not None) else 2.0
@@ -57,10 +56,10 @@ def run(args) -> int:
         model.set_thresholds(ths)
         print(f"dev: thresholds {[round(t, 4) for t in ths]} -> accuracy {acc:.4f} "
               f"(last tier {full_acc_dv:.4f}), analytic speed-up {sp:.2f}x")
-    enc = _padded(te)
+    enc = collate(te, range(len(te)))
     alone = CascadeBert([model.tiers[-1]], []).eval()
-    t_full, o_full = _timed_run(alone, enc, args.batch)
-    t_casc, o = _timed_run(model, enc, args.batch)
+    o_full = run_batches(alone, enc, args.batch)
+    t_casc, t_full, o = timed_against(model, alone, enc, args.batch, runs=args.timing_runs)
     pred = o["logits"].argmax(-1).numpy()
     report = {
         "thresholds": model.thresholds, "accuracy": float((pred == labels_te).mean()),
