@@ -41,7 +41,8 @@ def test_kernels_compile_for_gpu(tmp_path):
     kernels = {k.split("[")[0] for k in report}
     assert kernels >= {"varlen_attention_kernel", "zero_tail_kernel", "add_layer_norm_kernel",
                        "exit_head_kernel", "compact_rows_kernel", "compact_tokens_kernel",
-                       "scatter_exits_kernel", "pack_kernel", "unpack_kernel"}, sorted(kernels)
+                       "scatter_exits_kernel", "pack_kernel", "unpack_kernel",
+                       "linear_kernel"}, sorted(kernels)
     assert any("@sm80" in k for k in report)
 
 
@@ -118,6 +119,7 @@ def _launches():
     from cascade_rt.kernels import add_layer_norm as kl
     from cascade_rt.kernels import compact as kc
     from cascade_rt.kernels import exit_head as ke
+    from cascade_rt.kernels import linear as kn
     from cascade_rt.kernels import pack as kp
     from cascade_rt.kernels import varlen_attention as ka
 
@@ -138,6 +140,17 @@ def _launches():
             kc_w = torch.zeros(c, 768, dtype=dt)
             ke.exit_head(x, torch.zeros(768, 768, dtype=dt), torch.zeros(768, dtype=dt), kc_w,
                          torch.zeros(c, dtype=dt), 0.5, launch=rec)
+    # BERT-base dense layers (768 -> 2304 QKV, 3072 -> 768 output, 768 -> 3072 + GELU) and
+    # ragged widths (K not a multiple of BLOCK_K, odd N, no bias)
+    x = torch.zeros(T, 3072, dtype=torch.float16)
+    for act in kn.ACTIVATIONS:
+        kn.linear(x[:, :768], torch.zeros(3072, 768, dtype=torch.float16),
+                  torch.zeros(3072, dtype=torch.float16), cu, act, launch=rec)
+    kn.linear(x, torch.zeros(768, 3072, dtype=torch.float16), None, cu, launch=rec)
+    kn.linear(x[:, :100], torch.zeros(33, 100, dtype=torch.float16), None, cu, launch=rec)
+    for dt in (torch.bfloat16, torch.float32):
+        kn.linear(torch.zeros(T, 768, dtype=dt), torch.zeros(2304, 768, dtype=dt),
+                  torch.zeros(2304, dtype=dt), cu, "gelu", launch=rec)
     exit_mask = torch.tensor([True, False, True])
     for tokens in (torch.zeros(T, 2, dtype=torch.int64), torch.zeros(T, 768, dtype=torch.float16),
                    torch.zeros(T, dtype=torch.bool)):
@@ -167,7 +180,9 @@ def _compile_report() -> dict:
 
     report = {}
     for name, kernel, args, kwargs in _launches():
-        archs = (80, 90) if name.split("[")[0] in _SM80 else (90,)
+        # sm_80 too for the tensor-core kernels (once per dtype for the linear's activations)
+        sm80 = name.split("[")[0] in _SM80 and kwargs.get("ACTIVATION", "gelu") == "gelu"
+        archs = (80, 90) if sm80 else (90,)
         for arch in archs:
             key = f"{name}@sm{arch}"
             try:
