@@ -209,7 +209,8 @@ class CascadeBert(nn.Module):
             last = i == n_tiers - 1
             rows_seen[i] = (row_index >= 0).sum()
             tokens_seen[i] = cu[-1]
-            hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen)
+            # sync-free: upper-bound shapes, so the dense layers skip the dead rows on the device
+            hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen, sync_free=not trim)
             cls_hidden = Tier.first_tokens(hidden, cu)
             logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else self.thresholds[i])
             if last:

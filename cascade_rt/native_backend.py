@@ -92,6 +92,12 @@ def _scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, o
     _ops.scatter_exits(exit_mask, row_index, logits, confidence, int(tier), out_logits, out_confidence, out_tier)
 
 
+# linear has no kernel in csrc/: on CPU it is ATen's (the reference: F.linear + activation +
+# a device-side zero fill of the dead rows), so that a cascade forced onto this backend still
+# runs sync-free. Skipping the dead rows' work needs the Triton kernel (CUDA).
+from .reference import LINEAR_ACTIVATIONS as _LINEAR_ACTIVATIONS  # noqa: E402
+from .reference import linear_ref as _linear  # noqa: E402
+
 OPS = {
     "varlen_attention": _varlen_attention,
     "add_layer_norm": _ops.add_layer_norm,
@@ -100,6 +106,7 @@ OPS = {
     "scatter_exits": _scatter_exits,
     "pack": _ops.pack,
     "unpack": _ops.unpack,
+    "linear": _linear,
 }
 
 # ops with a CUDA kernel in csrc/cuda (the others are CPU only)
@@ -169,6 +176,17 @@ def why_not(op: str, *args) -> str | None:
     if op == "unpack":
         if args[1].dtype != torch.int32:
             return "cu_seqlens must be int32"
+    if op == "linear":
+        x, w, b, cu, act = args[:5]
+        if x.dim() != 2 or w.dim() != 2 or w.shape[1] != x.shape[1]:
+            return f"x must be (T, K) and weight (N, K), got {tuple(x.shape)} and {tuple(w.shape)}"
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            return f"bias must be ({w.shape[0]},), got {tuple(b.shape)}"
+        if cu.dtype != torch.int32:
+            return "cu_seqlens must be int32"
+        if act not in _LINEAR_ACTIVATIONS:
+            return f"activation {act!r} is not one of {', '.join(_LINEAR_ACTIVATIONS)}"
+        return _float("x", x)
     return None
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "scatter_exits",
     "pack",
     "unpack",
+    "linear",
 ]
 
 
@@ -155,3 +156,32 @@ def pack(padded: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tens
 def unpack(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """Packed ``(T, ...)`` to padded ``(B, max_seqlen, ...)`` with zeros in the padding."""
     return dispatch("unpack", tokens, cu_seqlens, max_seqlen)
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    activation: str = "none",
+) -> torch.Tensor:
+    """``act(x @ weight^T + bias)`` on the live rows of a packed batch; dead rows are 0.
+
+    For upper-bound shapes (the sync-free cascade): of the ``T`` rows only the first
+    ``cu_seqlens[-1]`` are live, a count read on the device, never by the host. The Triton
+    kernel skips the matmul of row blocks past it, so the cost follows the live rows; on
+    exact shapes ``F.linear`` (cuBLAS) is the better choice.
+
+    Args:
+        x: (T, K), float32/float16/bfloat16 (any strides).
+        weight: (N, K), x's dtype: the ``nn.Linear`` layout.
+        bias: (N,), x's dtype, or None.
+        cu_seqlens: (B+1,), int32: rows ``>= cu_seqlens[-1]`` are dead.
+        activation: ``"none"``, ``"gelu"`` (erf), ``"gelu_tanh"`` (tanh approximation) or
+            ``"relu"``, applied in fp32 before the cast to x's dtype.
+
+    Returns:
+        (T, N) in x's dtype, newly allocated; accumulation in fp32; rows
+        ``>= cu_seqlens[-1]`` exactly 0.
+    """
+    return dispatch("linear", x, weight, bias, cu_seqlens, activation)

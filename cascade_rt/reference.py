@@ -32,6 +32,8 @@ __all__ = [
     "scatter_exits_ref",
     "pack_ref",
     "unpack_ref",
+    "linear_ref",
+    "LINEAR_ACTIVATIONS",
     "token_row_ids_ref",
 ]
 
@@ -235,3 +237,42 @@ def unpack_ref(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) 
     out = tokens[src.reshape(-1)].reshape((B, max_seqlen) + tuple(tokens.shape[1:]))
     mask = live.reshape((B, max_seqlen) + (1,) * (tokens.dim() - 1))
     return torch.where(mask, out, torch.zeros_like(out))
+
+
+#: activations :func:`linear_ref` can fuse: identity, GELU (erf), GELU (tanh approximation), ReLU.
+LINEAR_ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
+
+
+def _linear_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "none":
+        return y
+    if activation == "gelu":
+        return F.gelu(y)
+    if activation == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if activation == "relu":
+        return F.relu(y)
+    raise ValueError(f"activation {activation!r} is not one of {LINEAR_ACTIVATIONS}")
+
+
+def linear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    activation: str = "none",
+) -> torch.Tensor:
+    """``act(x @ weight^T + bias)`` on the live rows, zeros on the dead ones.
+
+    x: (T, K).  weight: (N, K) (``nn.Linear`` layout).  bias: (N,) or None.
+    cu_seqlens: (B+1,), int32: rows ``>= cu_seqlens[-1]`` are dead.  activation: one of
+    :data:`LINEAR_ACTIVATIONS`. Computed in fp32 (fp64 for fp64 input) and cast back.
+    Returns (T, N) in x's dtype. No host sync (the live count is compared on the device).
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+    y = F.linear(x.to(acc), weight.to(acc), None if bias is None else bias.to(acc))
+    y = _linear_activation(y, activation)
+    dead = (torch.arange(x.shape[0], device=x.device) >= cu_seqlens[-1])[:, None]
+    # in place unless autograd may need y (relu's backward reads its output)
+    y = y.masked_fill(dead, 0) if y.requires_grad else y.masked_fill_(dead, 0)
+    return y.to(x.dtype)

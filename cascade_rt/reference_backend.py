@@ -11,6 +11,7 @@ OPS = {
     "scatter_exits": _ref.scatter_exits_ref,
     "pack": _ref.pack_ref,
     "unpack": _ref.unpack_ref,
+    "linear": _ref.linear_ref,
 }
 
 

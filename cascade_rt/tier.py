@@ -103,6 +103,11 @@ class _Bert(nn.Module):
         self.pooler = _Pooler(cfg)
 
 
+#: HF ``hidden_act`` -> the activation name :func:`cascade_rt.ops.linear` fuses.
+_LINEAR_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                      "gelu_fast": "gelu_tanh", "relu": "relu"}
+
+
 def _activation(name: str):
     if name == "gelu":
         return F.gelu
@@ -127,6 +132,7 @@ class Tier(nn.Module):
         self.bert = _Bert(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self._act = _activation(config.hidden_act)
+        self._act_name = _LINEAR_ACTIVATION[config.hidden_act]
         self.source_dir: str | None = None
 
     # -- construction -----------------------------------------------------------------------
@@ -157,6 +163,8 @@ class Tier(nn.Module):
         token_type_ids: torch.Tensor,
         cu_seqlens: torch.Tensor,
         max_seqlen: int,
+        *,
+        sync_free: bool = False,
     ) -> torch.Tensor:
         """Run embeddings and every layer on packed tokens.
 
@@ -164,13 +172,16 @@ class Tier(nn.Module):
             input_ids, token_type_ids: (T,), int64, packed; slots past ``cu_seqlens[-1]``
                 are dead (any valid id).
             cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row's length.
+            sync_free: ``T`` is an upper bound with many dead slots (the cascade's sync-free
+                mode); see :meth:`run_layer`.
 
         Returns:
-            hidden states (T, hidden_size) in the tier's dtype.
+            hidden states (T, hidden_size) in the tier's dtype; with ``sync_free``, rows past
+            ``cu_seqlens[-1]`` hold no meaningful values.
         """
         x = self.embed(input_ids, token_type_ids, cu_seqlens)
         for i in range(self.config.num_hidden_layers):
-            x = self.run_layer(i, x, cu_seqlens, max_seqlen)
+            x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)
         return x
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -187,21 +198,39 @@ class Tier(nn.Module):
         return ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
                                   emb.LayerNorm.bias, cfg.layer_norm_eps)
 
-    def run_layer(self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-        """Encoder layer ``i`` on packed hidden states (T, hidden) -> (T, hidden)."""
+    def run_layer(
+        self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
+        sync_free: bool = False,
+    ) -> torch.Tensor:
+        """Encoder layer ``i`` on packed hidden states (T, hidden) -> (T, hidden).
+
+        ``sync_free=False`` (exact shapes, ``T`` about the live token count): the four dense
+        layers run as ``F.linear`` (cuBLAS). ``sync_free=True`` (``T`` an upper bound, the
+        live count ``cu_seqlens[-1]`` only on the device): they run as
+        :func:`cascade_rt.ops.linear`, which skips the dead rows (and writes them as 0), with
+        the intermediate activation fused, so the GEMMs shrink as rows exit.
+        """
         cfg = self.config
         layer = self.bert.encoder.layer[i]
         T = x.shape[0]
         H, D = cfg.num_attention_heads, cfg.head_dim
+
+        def dense(t, weight, bias, act="none"):
+            if sync_free:
+                return ops.linear(t, weight, bias, cu_seqlens, act)
+            y = F.linear(t, weight, bias)
+            return y if act == "none" else self._act(y)
+
         w_qkv, b_qkv = layer.qkv_weights()
-        qkv = F.linear(x, w_qkv, b_qkv).view(T, 3, H, D)
+        qkv = dense(x, w_qkv, b_qkv).view(T, 3, H, D)
         ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D))
         ao = layer.attention.output
-        attn = F.linear(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
+        attn = dense(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
         x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps)
-        h = self._act(F.linear(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
+        inter = layer.intermediate.dense
+        h = dense(x, inter.weight, inter.bias, self._act_name)
         fo = layer.output
-        h = F.linear(h, fo.dense.weight, fo.dense.bias)
+        h = dense(h, fo.dense.weight, fo.dense.bias)
         return ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps)
 
     @staticmethod

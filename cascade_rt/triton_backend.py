@@ -21,6 +21,7 @@ from .kernels import _common
 from .kernels import add_layer_norm as _aln
 from .kernels import compact as _cp
 from .kernels import exit_head as _eh
+from .kernels import linear as _ln
 from .kernels import pack as _pk
 from .kernels import varlen_attention as _va
 
@@ -87,6 +88,14 @@ def _unpack(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> 
     return _pk.unpack(tokens, cu_seqlens, max_seqlen, launch=wrap_triton)
 
 
+@_register(f"{NAMESPACE}::linear", mutates_args=())
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
+    activation: str = "none",
+) -> torch.Tensor:
+    return _ln.linear(x, weight, bias, cu_seqlens, activation, launch=wrap_triton)
+
+
 # Fake (meta) implementations: outputs' shapes and dtypes only, no launch (under the Triton
 # interpreter a launch would try to run the kernel on fake tensors).
 @_varlen_attention.register_fake
@@ -131,6 +140,11 @@ def _(tokens, cu_seqlens, max_seqlen):
     return tokens.new_empty((cu_seqlens.shape[0] - 1, max_seqlen) + tuple(tokens.shape[1:]))
 
 
+@_linear.register_fake
+def _(x, weight, bias, cu_seqlens, activation="none"):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     return torch.ops.cascade_rt_triton.varlen_attention(
         q, k, v, cu_seqlens, int(max_seqlen), None if softmax_scale is None else float(softmax_scale))
@@ -163,6 +177,10 @@ def unpack(tokens, cu_seqlens, max_seqlen):
     return torch.ops.cascade_rt_triton.unpack(tokens, cu_seqlens, int(max_seqlen))
 
 
+def linear(x, weight, bias, cu_seqlens, activation="none"):
+    return torch.ops.cascade_rt_triton.linear(x, weight, bias, cu_seqlens, str(activation))
+
+
 OPS = {
     "varlen_attention": varlen_attention,
     "add_layer_norm": add_layer_norm,
@@ -171,6 +189,7 @@ OPS = {
     "scatter_exits": scatter_exits,
     "pack": pack,
     "unpack": unpack,
+    "linear": linear,
 }
 
 
@@ -366,6 +385,27 @@ def _why_unpack(tokens, cu_seqlens, max_seqlen):
     return _bits_reason("tokens", tokens)
 
 
+def _why_linear(x, weight, bias, cu_seqlens, activation="none"):
+    r = _device_reason((x, weight, cu_seqlens) + (() if bias is None else (bias,)))
+    if r:
+        return r
+    if x.dim() != 2:
+        return f"x must be (T, K), got shape {tuple(x.shape)}"
+    if weight.dim() != 2:
+        return f"weight must be (N, K), got shape {tuple(weight.shape)}"
+    N, K = weight.shape
+    r = _first(_shape_reason("weight", weight, (N, x.shape[1])), _float_reason("x", x),
+               None if bias is None else _shape_reason("bias", bias, (N,)), _cu_reason(cu_seqlens))
+    if r:
+        return r
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            return f"x is {x.dtype} but {name} is {t.dtype}"
+    if activation not in _ln.ACTIVATIONS:
+        return f"activation {activation!r} is not one of {', '.join(_ln.ACTIVATIONS)}"
+    return None
+
+
 _WHY = {
     "varlen_attention": _why_varlen_attention,
     "add_layer_norm": _why_add_layer_norm,
@@ -374,6 +414,7 @@ _WHY = {
     "scatter_exits": _why_scatter_exits,
     "pack": _why_pack,
     "unpack": _why_unpack,
+    "linear": _why_linear,
 }
 
 
@@ -391,4 +432,5 @@ def why_not(op: str, *args) -> Optional[str]:
 def describe() -> str:
     mode = "interpreter (CPU tensors)" if _common.INTERPRET else "CUDA tensors"
     return (f"triton {triton.__version__}, {mode}; varlen_attention head_dim <= {_va.MAX_HEAD_DIM}, "
+            f"linear activations {'/'.join(_ln.ACTIVATIONS)}, "
             "float32/float16/bfloat16 (bfloat16 on CUDA only)")

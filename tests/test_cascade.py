@@ -14,9 +14,9 @@ def _record_encode_calls(model):
     for i, tier in enumerate(model.tiers):
         orig = tier.encode
 
-        def wrapped(ids, types, cu, max_seqlen, _orig=orig, _i=i):
+        def wrapped(ids, types, cu, max_seqlen, _orig=orig, _i=i, **kwargs):
             seen.append((_i, ids.shape[0], cu.shape[0] - 1, (cu[1:] - cu[:-1]).tolist()))
-            return _orig(ids, types, cu, max_seqlen)
+            return _orig(ids, types, cu, max_seqlen, **kwargs)
 
         tier.encode = wrapped
     return seen

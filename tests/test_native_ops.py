@@ -274,6 +274,24 @@ def test_why_not_declines_with_reasons():
             cascade_rt.ops.varlen_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4)
 
 
+def test_linear_is_atens_on_cpu():
+    """No C++ linear: the native backend's CPU linear is the reference (ATen), so a cascade
+    forced onto it runs sync-free; on CUDA it declines (the Triton kernel covers it)."""
+    g = torch.Generator().manual_seed(4)
+    x, w, b = torch.randn(9, 12, generator=g), torch.randn(7, 12, generator=g), torch.randn(7, generator=g)
+    cu = torch.tensor([0, 4, 6], dtype=torch.int32)
+    assert backends.implementation("linear", x, w, b, cu, "gelu")[0] == "native"
+    got = native("linear", x, w, b, cu, "gelu")
+    assert torch.equal(got, R.linear_ref(x, w, b, cu, "gelu")) and (got[6:] == 0).all()
+    assert "int32" in N.why_not("linear", x, w, b, cu.long(), "none")
+    assert "weight (N, K)" in N.why_not("linear", x, w[:, :5], b, cu, "none")
+    assert "bias must be (7,)" in N.why_not("linear", x, w, b[:3], cu, "none")
+    assert "activation 'tanh'" in N.why_not("linear", x, w, b, cu, "tanh")
+    assert "float64" in N.why_not("linear", x.double(), w.double(), b.double(), cu, "none")
+    if HAS_CUDA:
+        assert "no native CUDA linear" in N.why_not("linear", x.cuda(), w.cuda(), b.cuda(), cu.cuda(), "none")
+
+
 # -- opcheck: schema, fake impl, tracing -----------------------------------------------------
 def _opcheck_cases(device):
     g = torch.Generator().manual_seed(0)

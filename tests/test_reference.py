@@ -121,3 +121,32 @@ def test_pack_unpack_roundtrip():
 def test_token_row_ids_ref():
     cu = torch.tensor([0, 2, 2, 5], dtype=torch.int32)
     assert R.token_row_ids_ref(cu, 7).tolist() == [0, 0, 2, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("act,fn", [("none", lambda y: y), ("gelu", F.gelu),
+                                    ("gelu_tanh", lambda y: F.gelu(y, approximate="tanh")),
+                                    ("relu", F.relu)])
+def test_linear_ref_live_rows_and_zero_dead_rows(act, fn):
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(9, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(5, generator=g)
+    x[6:] = float("nan")  # dead slots may hold anything
+    cu = _cu([2, 4, 0])
+    got = R.linear_ref(x, w, b, cu, act)
+    torch.testing.assert_close(got[:6], fn(x[:6] @ w.T + b))
+    assert (got[6:] == 0).all()
+    assert (R.linear_ref(x, w, None, _cu([0]), act) == 0).all()
+    xh, wh, bh = x.half(), w.half(), b.half()
+    h = R.linear_ref(xh, wh, bh, cu, act)  # fp32 inside, one rounding at the end
+    assert h.dtype == torch.float16
+    torch.testing.assert_close(h[:6], fn(F.linear(xh[:6].float(), wh.float(), bh.float())).half())
+
+
+def test_linear_ref_autograd_through_relu():
+    """The dead-row fill is in place only without autograd (relu's backward reads its output)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(9, 8, generator=g, requires_grad=True)
+    w, b = torch.randn(5, 8, generator=g), torch.randn(5, generator=g)
+    R.linear_ref(x, w, b, _cu([2, 4]), "relu").sum().backward()
+    assert (x.grad[6:] == 0).all()
+    want = torch.autograd.grad(F.relu(F.linear(x[:6], w, b)).sum(), x)[0]
+    torch.testing.assert_close(x.grad, want)

@@ -175,9 +175,9 @@ def test_later_tiers_run_on_upper_bound_shapes(tiers):
     for i, tier in enumerate(model.tiers):
         orig = tier.encode
 
-        def spy(t_ids, t_types, cu, max_seqlen, _orig=orig, _i=i):
-            seen.append((_i, t_ids.clone(), cu.clone(), max_seqlen))
-            return _orig(t_ids, t_types, cu, max_seqlen)
+        def spy(t_ids, t_types, cu, max_seqlen, _orig=orig, _i=i, **kwargs):
+            seen.append((_i, t_ids.clone(), cu.clone(), max_seqlen, kwargs))
+            return _orig(t_ids, t_types, cu, max_seqlen, **kwargs)
 
         tier.encode = spy
     try:
@@ -188,8 +188,9 @@ def test_later_tiers_run_on_upper_bound_shapes(tiers):
             del tier.encode
     lens = mask.sum(1)
     assert [s[0] for s in seen] == [0, 1, 2]
-    for i, t_ids, cu, max_seqlen in seen:
+    for i, t_ids, cu, max_seqlen, kwargs in seen:
         assert t_ids.shape == (B * S,) and cu.shape == (B + 1,) and max_seqlen == S
+        assert kwargs == {"sync_free": True}  # the dense layers are told to skip dead rows
         reached = out.exit_tier >= i
         n = int(reached.sum())
         row_lens = (cu[1:] - cu[:-1]).to(torch.int64)

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 triton = pytest.importorskip("triton")
 
@@ -24,7 +25,9 @@ from cascade_rt.kernels import _common  # noqa: E402
 from cascade_rt.kernels.add_layer_norm import add_layer_norm as k_add_layer_norm  # noqa: E402
 from cascade_rt.kernels.compact import compact as k_compact  # noqa: E402
 from cascade_rt.kernels.compact import scatter_exits as k_scatter_exits  # noqa: E402
+from cascade_rt.kernels import linear as k_linear_mod  # noqa: E402
 from cascade_rt.kernels.exit_head import exit_head as k_exit_head  # noqa: E402
+from cascade_rt.kernels.linear import linear as k_linear  # noqa: E402
 from cascade_rt.kernels.pack import pack as k_pack  # noqa: E402
 from cascade_rt.kernels.pack import unpack as k_unpack  # noqa: E402
 from cascade_rt.kernels.varlen_attention import varlen_attention as k_varlen_attention  # noqa: E402
@@ -301,6 +304,112 @@ def test_pack_unpack_empty():
     assert torch.equal(got, torch.zeros(2, 5, 3, device=DEV))
 
 
+# -- linear (live rows only) ---------------------------------------------------------------------
+LINEAR_ACTS = {
+    "none": lambda y: y,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def _linear_args(T, K, N, dtype, bias=True, device=DEV):
+    x = torch.randn(T, K, device=device).to(dtype)
+    w = (torch.randn(N, K, device=device) / math.sqrt(K)).to(dtype)
+    b = torch.randn(N, device=device).to(dtype) if bias else None
+    return x, w, b
+
+
+def _live_cu(n_live, device=DEV):
+    """cu_seqlens of three rows holding n_live tokens, then a zero-length dead row."""
+    a = n_live // 3
+    return _cu([a, n_live - 2 * a, a, 0], device)
+
+
+def _linear_lowp_baseline(x, w, b, act):
+    """PyTorch's own low-precision linear + activation: the error budget of a fp16/bf16 kernel."""
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return LINEAR_ACTS[act](F.linear(x.float(), w.float(), None if b is None else b.float())).to(x.dtype)
+    return LINEAR_ACTS[act](F.linear(x, w, b))
+
+
+def _check_linear(x, w, b, n_live, act, poison_dead_x=True):
+    T, N = x.shape[0], w.shape[0]
+    cu = _live_cu(n_live, x.device)
+    if poison_dead_x and n_live < T:
+        x = x.clone()
+        x[n_live:] = float("nan")  # dead slots may hold anything; they must not leak
+    out = _poison((T, N), x.dtype, x.device)
+    got = k_linear(x, w, b, cu, act, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert not torch.isnan(got).any()
+    assert (got[n_live:] == 0).all()  # dead rows are exactly zero
+    want = ref.linear_ref(x.double(), w.double(), None if b is None else b.double(), cu, act)
+    live_got, live_want = got[:n_live].double(), want[:n_live]
+    if x.dtype == torch.float32:
+        torch.testing.assert_close(live_got, live_want, atol=1e-5, rtol=1e-5)
+    elif n_live:
+        err = (live_got - live_want).abs().max().item()
+        base = _linear_lowp_baseline(x[:n_live], w, b, act).double()
+        base_err = (base - live_want).abs().max().item()
+        assert err <= 2 * base_err + 1e-5, (err, base_err)
+    return got
+
+
+LINEAR_SHAPES = [(1, 33, 48), (7, 100, 33), (37, 48, 100), (37, 64, 16)]  # (T, K, N)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", sorted(LINEAR_ACTS))
+@pytest.mark.parametrize("live", ["none", "partial", "all"])
+@pytest.mark.parametrize("T,K,N", LINEAR_SHAPES)
+def test_linear(T, K, N, live, act, dtype):
+    n_live = {"none": 0, "partial": (T * 2) // 3, "all": T}[live]
+    _check_linear(*_linear_args(T, K, N, dtype), n_live, act)
+
+
+@pytest.mark.parametrize("n_live", [0, 1, 31, 45, 100])
+@pytest.mark.parametrize("K", [40, 48])
+def test_linear_many_tiles_grouped_order(monkeypatch, K, n_live):
+    """GPU-like tiling under the interpreter: 16x16x16 tiles, grouped program order with a
+    ragged last group (7 row blocks in groups of 3), several K steps (even and not), whole
+    dead row blocks and a partly live one."""
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=3)
+    monkeypatch.setattr(k_linear_mod, "_config", lambda M, N, K, dtype: dict(cfg))
+    _check_linear(*_linear_args(100, K, 50, torch.float32), n_live, "gelu")
+
+
+def test_linear_no_bias_and_odd_strides():
+    x, w, b = _linear_args(37, 33, 48, torch.float32, bias=False)
+    _check_linear(x, w, None, 20, "relu")
+    # x with a column stride of 2 and a transposed weight: taken with their strides, no copy
+    xs = torch.randn(37, 66, device=DEV)[:, ::2]
+    wt = (torch.randn(33, 48, device=DEV) / math.sqrt(33)).t()
+    assert xs.stride(1) == 2 and wt.stride(0) == 1
+    got = _check_linear(xs, wt, torch.randn(48, device=DEV), 25, "gelu", poison_dead_x=False)
+    with backends.use_backend("triton"):
+        cu = _live_cu(25)
+        torch.testing.assert_close(ops.linear(xs, wt, None, cu, "none"),
+                                   ref.linear_ref(xs, wt, None, cu, "none"), atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous()
+
+
+def test_linear_empty_and_public_op():
+    cu0 = _cu([0])
+    for T, K, N in ((0, 16, 8), (5, 16, 0), (5, 0, 8)):
+        x, w, b = _linear_args(T, K, N, torch.float32)
+        with backends.use_backend("triton"):
+            got = ops.linear(x, w, b, cu0 if T == 0 else _live_cu(3), "gelu")
+        assert got.shape == (T, N)
+        if T and N:  # K = 0: the live rows are act(bias)
+            torch.testing.assert_close(got, ref.linear_ref(x, w, b, _live_cu(3), "gelu"))
+    args = (*_linear_args(11, 24, 20, torch.float32), _live_cu(8), "gelu_tanh")
+    with backends.use_backend("triton"):
+        assert backends.implementation("linear", *args)[0] == "triton"
+        got = ops.linear(*args)
+    torch.testing.assert_close(got, ref.linear_ref(*args), atol=1e-5, rtol=1e-5)
+
+
 # -- the backend module -------------------------------------------------------------------------
 def _op_samples():
     lens = [1, 7, 5, 0]
@@ -320,6 +429,7 @@ def _op_samples():
         "pack": (torch.randint(0, 9, (3, 4, 2), device=DEV),
                  torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], device=DEV)),
         "unpack": (torch.randn(T, 3, device=DEV), cu, 7),
+        "linear": (*_linear_args(T, 24, 20, torch.float32), cu, "gelu"),
     }
 
 
@@ -327,6 +437,30 @@ def _op_samples():
 def test_opcheck(op):
     args = _op_samples()[op]
     torch.library.opcheck(getattr(torch.ops.cascade_rt_triton, op), args)
+
+
+def test_opcheck_linear_without_bias():
+    x, w, _ = _linear_args(9, 24, 20, torch.float32)
+    torch.library.opcheck(torch.ops.cascade_rt_triton.linear, (x, w, None, _live_cu(5), "none"))
+
+
+def test_why_not_linear():
+    x, w, b = _linear_args(7, 16, 12, torch.float32)
+    cu = _live_cu(5)
+    assert tb.why_not("linear", x, w, b, cu, "gelu") is None
+    assert tb.why_not("linear", x, w, None, cu, "none") is None
+    assert "dtype torch.float64" in tb.why_not("linear", x.double(), w.double(), b.double(), cu, "none")
+    assert "weight is torch.float16" in tb.why_not("linear", x, w.half(), b, cu, "none")
+    assert "bias is torch.float16" in tb.why_not("linear", x, w, b.half(), cu, "none")
+    assert "weight has shape (12, 15)" in tb.why_not("linear", x, w[:, :15], b, cu, "none")
+    assert "bias has shape (11,)" in tb.why_not("linear", x, w, b[:11], cu, "none")
+    assert "x must be (T, K)" in tb.why_not("linear", x[None], w, b, cu, "none")
+    assert "int32" in tb.why_not("linear", x, w, b, cu.long(), "none")
+    assert "activation 'silu'" in tb.why_not("linear", x, w, b, cu, "silu")
+    if HAS_CUDA:
+        assert "several devices" in tb.why_not("linear", x, w.cpu(), b, cu, "none")
+    with backends.use_backend("triton"), pytest.raises(NotImplementedError, match="activation 'tanh'"):
+        ops.linear(x, w, b, cu, "tanh")
 
 
 def test_why_not_reasons(monkeypatch):
@@ -385,6 +519,16 @@ def test_gpu_bert_base_rows(dtype):
     test_add_layer_norm(4099, 768, dtype)
     args = _head(1031, 768, 3, dtype)
     _check_head(args, float(ref.exit_head_ref(*args, 0.5)[1].median()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("frac", [0.0, 0.37, 1.0])
+def test_gpu_linear_bert_base(dtype, frac):
+    T = 4099
+    n_live = int(T * frac)
+    for K, N, act in ((768, 2304, "none"), (768, 3072, "gelu"), (3072, 768, "none")):
+        _check_linear(*_linear_args(T, K, N, dtype), n_live, act)
 
 
 @pytest.mark.gpu

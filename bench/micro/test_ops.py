@@ -193,3 +193,44 @@ def test_pack(run, benchmark, device, impl):
 
     fn = _pick("pack", impl, device, (padded, mask), bool_index)
     run(fn, padded, mask)
+
+
+# -- live-rows linear (sync-free dense layers) -------------------------------------------------
+
+LINEAR_SHAPES = {  # name: (K, N, activation), BERT-base
+    "qkv_768x2304": (768, 2304, "none"),
+    "intermediate_768x3072_gelu": (768, 3072, "gelu"),
+    "output_3072x768": (3072, 768, "none"),
+}
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference", "torch_all_rows", "torch_live_rows"])
+@pytest.mark.parametrize("shape", sorted(LINEAR_SHAPES))
+def test_linear_half_live(run, benchmark, device, impl, shape):
+    """``ops.linear`` with 50% live rows (the live count only on the device) against
+    ``F.linear`` on all T rows (what the sync-free tier ran before) and on the live rows alone
+    (the exact path, which needs the count on the host: the ideal)."""
+    if device.type != "cuda":
+        pytest.skip("GPU benchmark: on CPU the sync-free linear is F.linear on all rows")
+    K, N, act = LINEAR_SHAPES[shape]
+    T = 16384
+    n_live = T // 2
+    benchmark.group = f"linear {shape} {T} rows, {n_live} live {device.type}"
+    dt = _dtype(device)
+    x = torch.randn(T, K, device=device, dtype=dt)
+    w = torch.randn(N, K, device=device, dtype=dt) / math.sqrt(K)
+    b = torch.randn(N, device=device, dtype=dt)
+    cu = torch.tensor([0, n_live // 3, n_live], dtype=torch.int32, device=device)
+    torch_act = {"none": lambda y: y, "gelu": F.gelu}[act]
+
+    def all_rows(x, w, b, cu, act):
+        return torch_act(F.linear(x, w, b))
+
+    def live_rows(x, w, b, cu, act):
+        return torch_act(F.linear(x[:n_live], w, b))
+
+    baseline = all_rows if impl == "torch_all_rows" else live_rows
+    fn = _pick("linear", "torch" if impl.startswith("torch") else impl, device, (x, w, b, cu, act), baseline)
+    benchmark.extra_info.update(rows=T, live_rows=n_live, K=K, N=N, activation=act,
+                                live_flop=2 * n_live * K * N)
+    run(fn, x, w, b, cu, act)

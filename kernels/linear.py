@@ -1,0 +1,156 @@
+"""``act(x @ W^T + b)`` over the live rows of a packed batch; dead rows are written as zeros.
+
+In the sync-free cascade a tier runs on upper-bound shapes: ``T`` token slots of which only
+``n_live = cu_seqlens[-1]`` are live, a count that stays on the device. ``F.linear`` would
+multiply all ``T`` rows. Here every program reads ``n_live`` itself: a program whose row
+block starts at or past it stores zeros to its output tile and does no matmul work, so the
+GEMM's cost follows the live rows; rows of a partly live block past ``n_live`` are zeroed
+too (the same zeros as varlen attention's dead slots).
+
+Tiles: ``BLOCK_M x BLOCK_N`` of the output per program, ``BLOCK_K`` of the reduction per
+step, fp32 accumulation. Programs are ordered in groups of ``GROUP_M`` row blocks that sweep
+the column blocks together, so a group's ``x`` tiles and ``W`` tiles stay in L2. fp32 inputs
+use ``tl.dot(..., input_precision="ieee")`` (as ``varlen_attention`` does): the result keeps
+fp32 accuracy, not TF32's 10-bit mantissa, at the cost of tensor-core speed; fp16/bf16 use
+tensor cores with fp32 accumulation.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, next_pow2
+
+__all__ = ["linear", "linear_kernel", "ACTIVATIONS"]
+
+#: activations fused into the epilogue: identity, GELU (erf), GELU (tanh approximation), ReLU.
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
+
+
+@triton.jit
+def _apply_activation(y, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "gelu":
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        # tanh(z) = 1 - 2 / (exp(2z) + 1); 2z capped at 80 (tanh is 1 in fp32 long before),
+        # so exp never overflows
+        y = 0.5 * y * (2.0 - 2.0 / (tl.exp(tl.minimum(2.0 * z, 80.0)) + 1.0))
+    elif ACTIVATION == "relu":
+        y = tl.maximum(y, 0.0)
+    return y
+
+
+@triton.jit
+def linear_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, cu_ptr,
+    M, N, K, B,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # grouped order: GROUP_M row blocks walk the column blocks together (L2 reuse of W)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+
+    n_live = tl.minimum(tl.load(cu_ptr + B).to(tl.int64), M)
+    m0 = pid_m.to(tl.int64) * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_ok = rows < M
+    col_ok = cols < N
+    out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :]
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    if m0 >= n_live:
+        # a dead row block: zeros, no loads, no matmul
+        tl.store(out_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=out_ptr.dtype.element_ty), mask=out_mask)
+        return
+
+    live = rows < n_live
+    ks = tl.arange(0, BLOCK_K).to(tl.int64)
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk
+    w_ptrs = w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn  # W^T tile (BLOCK_K, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(x_ptrs, mask=live[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = ks < K - k0
+            a = tl.load(x_ptrs, mask=live[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if IEEE_FP32:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    acc = _apply_activation(acc, ACTIVATION)
+    acc = tl.where(live[:, None], acc, 0.0)  # dead rows of a partly live block
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
+    if INTERPRET:
+        # few, large program instances: the interpreter pays per instance
+        return dict(BLOCK_M=next_pow2(min(M, 64), lo=16), BLOCK_N=next_pow2(min(N, 128), lo=16),
+                    BLOCK_K=next_pow2(min(K, 128), lo=16), GROUP_M=1)
+    if dtype == torch.float32:
+        # IEEE fp32 runs on the FMA units, not tensor cores: smaller tiles, fewer registers
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
+    # fp16/bf16 on H100: 128x128 tiles, 64-deep K steps, 4-stage pipeline (4 x 32 KiB of
+    # shared memory, within an A100's 163 KiB too)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    activation: str = "none",
+    out: torch.Tensor | None = None,
+    launch=None,
+) -> torch.Tensor:
+    """Triton live-rows linear; see :func:`cascade_rt.ops.linear`.
+
+    x: (T, K), float32/float16/bfloat16, any strides.  weight: (N, K) (``nn.Linear``
+    layout), x's dtype, any strides.  bias: (N,) or None.  cu_seqlens: (B+1,), int32; rows
+    ``>= cu_seqlens[-1]`` are dead.  activation: one of :data:`ACTIVATIONS`.
+    out: optional (T, N) in x's dtype with unit column stride, written in full.
+    launch: wraps the kernel for launching (``torch.library.wrap_triton``).
+    Returns (T, N) in x's dtype, zero on dead rows.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+    T, K = x.shape
+    N = weight.shape[0]
+    if out is None:
+        out = torch.empty((T, N), dtype=x.dtype, device=x.device)
+    if T == 0 or N == 0:
+        return out
+    cu = cu_seqlens.contiguous()
+    B = cu.shape[0] - 1
+    cfg = _config(T, N, K, x.dtype)
+    kernel = linear_kernel if launch is None else launch(linear_kernel)
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    kernel[grid](
+        x, weight, x if bias is None else bias.contiguous(), out, cu,
+        T, N, K, B,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0),
+        ACTIVATION=activation, HAS_BIAS=bias is not None, EVEN_K=K % cfg["BLOCK_K"] == 0,
+        IEEE_FP32=x.dtype == torch.float32, **cfg,
+    )
+    return out
