@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="movies", help="shipped set (movies, tweets, amazon, nyt) or a CSV/JSONL file")
     p.add_argument("--small-layers", type=int, nargs="+", default=[2],
                    help="layers of the small tier(s) cut from the shipped MiniLM (smallest first)")
-    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0],
+    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.2, 2.5, 3.0],
                    help="analytic speed-ups to choose thresholds for")
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the final tier")
@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=EPOCHS, help="epochs of the final tier")
     p.add_argument("--small-epochs", type=float, default=EPOCHS,
                    help="epochs of the small tiers and of the difficulty-label fold models")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="train under bfloat16 autocast (auto: when the CPU has native bf16 matmuls; "
+                        "about 1.5x faster there at the same accuracy)")
     p.add_argument("--folds", type=int, default=2,
                    help="folds for the difficulty labels (each fold model trains on the other folds)")
     p.add_argument("--margin", type=float, default=0.5)
@@ -75,7 +78,7 @@ def run(args) -> int:
     from .evaluate import (dis, ece, f1_binary, reliability_bins, row_costs, run_batches, search_thresholds,
                            simulate_exits, tier_row_costs, timed_against)
     from .tier import Tier
-    from .train import TrainConfig, collate, difficulty_labels, encode, finetune, predict_probs
+    from .train import TrainConfig, collate, difficulty_labels, encode, finetune, native_bf16, predict_probs
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -88,12 +91,16 @@ def run(args) -> int:
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
     tr, dv, te = (encode(tok, getattr(splits, p), args.max_len) for p in ("train", "dev", "test"))
     print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
-    root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}_fw"
-                                   + (f"_limit{args.limit}" if args.limit else ""))
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16("cpu"))
+    print(f"training in {'bfloat16 autocast' if bf16 else 'float32'} on {torch.get_num_threads()} CPU threads")
+    root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (
+        f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}_fw" + ("_bf16" if bf16 else "")
+        + (f"_limit{args.limit}" if args.limit else ""))
     root.mkdir(parents=True, exist_ok=True)
     C = splits.num_labels
     small_layers = sorted(args.small_layers)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam,
+                      bf16=bf16)
     small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr, "epochs": args.small_epochs})
     stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}"
 
@@ -116,7 +123,7 @@ def run(args) -> int:
         return d
 
     L = args.large_layers
-    large = trained(f"large_l{L}", L)
+    large = trained(f"large_l{L}_lr{args.lr:g}", L)
     t = _step(f"difficulty labels: {args.folds}-fold held-out predictions of the {small_layers[0]}-layer tier")
     diff = difficulty_labels(base(small_layers[0]), tr, small_cfg, folds=args.folds, extra={"test": te, "dev": dv},
                              cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}_{stag}.json", quiet=args.quiet)
@@ -215,7 +222,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"data": splits.name, "small_layers": small_layers, "large_layers": L, "max_len": args.max_len,
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
-            "lr": args.lr, "folds": args.folds, "margin": args.margin, "lam": args.lam,
+            "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seed": args.seed, "threads": torch.get_num_threads(), "test_rows": len(te),
             "torch": torch.__version__, "wall_seconds": None}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")

@@ -152,6 +152,24 @@ def test_finetune_is_seeded_and_loadable(tiny, tmp_path):
         finetune(init, data, tmp_path / "x", TrainConfig(dao=True), quiet=True)
 
 
+def test_finetune_bf16_autocast(tiny, tmp_path):
+    """bf16 autocast trains the same model family: weights stay fp32, the run is seeded, and
+    it moves the weights differently from fp32 training (the autocast really applies)."""
+    from safetensors.torch import load_file
+
+    init, data = tiny
+    cfg = TrainConfig(epochs=1, lr=5e-4, batch_size=8, seed=1)
+    a = finetune(init, data, tmp_path / "a", TrainConfig(**{**vars(cfg), "bf16": True}), quiet=True)
+    b = finetune(init, data, tmp_path / "b", TrainConfig(**{**vars(cfg), "bf16": True}), quiet=True)
+    f = finetune(init, data, tmp_path / "f", cfg, quiet=True)
+    sd = load_file(str(tmp_path / "a" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in sd.values())
+    pa = predict_probs(a, data)
+    assert torch.equal(pa, predict_probs(b, data))
+    assert not torch.equal(pa, predict_probs(f, data))
+    torch.testing.assert_close(pa, predict_probs(f, data), atol=0.05, rtol=0)
+
+
 def test_difficulty_labels_cached(tiny, tmp_path):
     init, data = tiny
     cache = tmp_path / "diff.json"

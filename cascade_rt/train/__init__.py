@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["Encoded", "encode", "batches", "dao_loss", "TrainConfig", "finetune", "predict_probs",
-           "difficulty_labels"]
+           "difficulty_labels", "native_bf16"]
 
 
 @dataclass
@@ -125,6 +125,25 @@ class TrainConfig:
     #: keep the (vocab x hidden) word embeddings fixed: most of a small tier's parameters,
     #: most of the optimizer's time on a CPU, little of the accuracy
     freeze_word_embeddings: bool = True
+    #: run forward and loss under bfloat16 autocast (weights and optimizer stay fp32)
+    bf16: bool = False
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bfloat16 matmuls run natively (and so faster than fp32) on ``device``.
+
+    CUDA: compute capability 8.0 or newer. CPU: the AVX512-BF16 or AMX-BF16 instructions
+    (read from ``/proc/cpuinfo``); elsewhere bf16 is emulated and slower than fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _seed_all(seed: int) -> None:
@@ -176,7 +195,8 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
                 break
             b = collate(data, idx)
             labels = torch.tensor([data.labels[i] for i in idx])
-            logits = model(**b).logits
+            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(**b).logits.float()
             if cfg.dao:
                 loss, _, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen)
             else:
