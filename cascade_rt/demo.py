@@ -82,6 +82,7 @@ def run(args) -> int:
     from .train import TrainConfig, collate, difficulty_labels, encode, finetune, native_bf16, predict_probs
 
     t_start = time.perf_counter()
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(args.seed)
     src = shipped_minilm_dir()
@@ -133,7 +134,9 @@ def run(args) -> int:
                              cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}_{stag}.json", quiet=args.quiet)
     easy = diff["easy"]
     print(f"  {sum(easy)} easy / {len(easy) - sum(easy)} hard training rows ({time.perf_counter() - t:.0f} s)")
-    smalls_dao = [trained(f"small_l{n}_{stag}_dao", n, easy=easy, over={"dao": True}) for n in small_layers]
+    # the DAO tiers depend on the difficulty labels (folds) and the loss settings too
+    dao_tag = f"dao_k{args.folds}_m{args.margin:g}_lam{args.lam:g}"
+    smalls_dao = [trained(f"small_l{n}_{stag}_{dao_tag}", n, easy=easy, over={"dao": True}) for n in small_layers]
     smalls_ce = [trained(f"small_l{n}_{stag}_ce", n) for n in small_layers]
 
     ee_dir = root / "early_exit"
@@ -228,7 +231,8 @@ def run(args) -> int:
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seed": args.seed, "threads": torch.get_num_threads(), "test_rows": len(te),
-            "torch": torch.__version__, "wall_seconds": None}
+            "torch": torch.__version__, "transformers": _version("transformers"), "cpu": _cpu_name(),
+            "commit": _commit(), "loadavg_at_start": load_at_start, "wall_seconds": None}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
     _plot(points, reliab, out / "sweep.png", reliability_bins)
     print()
@@ -244,6 +248,45 @@ def run(args) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"\nwrote {out / 'sweep.json'} and {out / 'sweep.png'} ({meta['wall_seconds']:.0f} s in all)")
     return 0
+
+
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _commit() -> str | None:
+    """The source checkout's commit (with "+dirty" for local changes), or None when installed."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _plot(points, reliab, path, reliability_bins) -> None:
