@@ -90,6 +90,34 @@ def boundary_share(model: CascadeBert, ids, mask, device, runs: int) -> dict:
             "boundary_share": t["boundary"]["min"] / (t["boundary"]["min"] + t["encode"]["min"])}
 
 
+def tier_profile(model: CascadeBert, ids, mask, lens: list[int], runs: int) -> list[dict]:
+    """Where a cascade forward's time goes: each tier's wall time (its ``cascade_rt.tier<i>``
+    range under ``torch.profiler``, mean over ``runs``) beside its share of the analytic FLOPs.
+    CPU only (on CUDA the ranges time kernel launches, not kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        out = model(ids, mask)
+        exit_tier = out.exit_tier.tolist()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(ids, mask)
+    totals = {e.key: e.cpu_time_total / 1e3 / runs for e in prof.key_averages() if e.key.startswith("cascade_rt.tier")}
+    rows = []
+    tier_flops = []
+    for i, tier in enumerate(model.tiers):
+        reach = [n for n, t in zip(lens, exit_tier) if t >= i]
+        tier_flops.append(flops.tier_flops(tier.config, reach) if reach else 0.0)
+        rows.append({"tier": i, "layers": tier.config.num_hidden_layers, "rows": len(reach), "tokens": sum(reach),
+                     "ms": totals.get(f"cascade_rt.tier{i}", 0.0)})
+    total_ms, total_flops = sum(r["ms"] for r in rows), sum(tier_flops)
+    for r, f in zip(rows, tier_flops):
+        r["time_share"] = r["ms"] / total_ms if total_ms else 0.0
+        r["flop_share"] = f / total_flops if total_flops else 0.0
+        r["gflop_per_s"] = f / (r["ms"] / 1e3) / 1e9 if r["ms"] else 0.0
+    return rows
+
+
 def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -196,6 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg["boundary"] = share
     print(f"tier boundary (exit head + scatter + compaction) {share['boundary_ms']:.2f} ms = "
           f"{share['boundary_share']:.2%} of tier 0 ({share['tier0_encode_ms']:.1f} ms encode)")
+    if device.type == "cpu":
+        model.set_thresholds(results[-1]["thresholds"])
+        prof = tier_profile(model, ids, mask, lens, runs=max(runs, 3))
+        base = tier_profile(alone, ids, mask, lens, runs=max(runs, 3))[0]
+        cfg["tier_profile"] = {"exit_rate_tier0": results[-1]["exit_rate_tier0"], "tiers": prof, "alone": base}
+        print(f"profile at {results[-1]['exit_rate_tier0']:.0%} exit (torch.profiler, per-tier ranges):")
+        print(f"{'tier':>6}{'layers':>8}{'rows':>6}{'tokens':>8}{'ms':>9}{'time':>8}{'FLOPs':>8}{'GFLOP/s':>9}")
+        for r in prof:
+            print(f"{r['tier']:>6}{r['layers']:>8}{r['rows']:>6}{r['tokens']:>8}{r['ms']:>9.1f}"
+                  f"{r['time_share']:>8.0%}{r['flop_share']:>8.0%}{r['gflop_per_s']:>9.1f}")
+        print(f"{'alone':>6}{base['layers']:>8}{base['rows']:>6}{base['tokens']:>8}{base['ms']:>9.1f}"
+              f"{'':>16}{base['gflop_per_s']:>9.1f}")
     name = f"e2e_cascade_{args.tiers}tier" + ("_sync_free" if args.sync_free else "")
     path = common.write_result(name, device, cfg, results, Path(args.out_dir))
     print(f"wrote {path}")

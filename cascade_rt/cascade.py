@@ -207,22 +207,24 @@ class CascadeBert(nn.Module):
         row_index = torch.arange(B, device=dev, dtype=torch.int64)
         for i, tier in enumerate(self.tiers):
             last = i == n_tiers - 1
-            rows_seen[i] = (row_index >= 0).sum()
-            tokens_seen[i] = cu[-1]
-            # sync-free: upper-bound shapes, so the dense layers skip the dead rows on the device
-            hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen, sync_free=not trim)
-            cls_hidden = Tier.first_tokens(hidden, cu)
-            logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else self.thresholds[i])
-            if last:
-                exit_mask = torch.ones_like(exit_mask)
-            ops.scatter_exits(exit_mask, row_index, logits, conf, i, out_logits, out_conf, out_tier)
-            if last:
-                break
-            tokens, cu, local, n_kept = ops.compact(exit_mask | (row_index < 0), tokens, cu)
-            row_index = torch.where(local >= 0, row_index[local.clamp(min=0)], local)
-            if trim:
-                n_rows, n_tok = torch.stack([n_kept.to(torch.int64), cu[-1].to(torch.int64)]).tolist()
-                if n_rows == 0:
+            # a named range per tier, so profiles (torch.profiler, nsys) show each tier's time
+            with torch.profiler.record_function(f"cascade_rt.tier{i}"):
+                rows_seen[i] = (row_index >= 0).sum()
+                tokens_seen[i] = cu[-1]
+                # sync-free: upper-bound shapes, so the dense layers skip the dead rows on the device
+                hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen, sync_free=not trim)
+                cls_hidden = Tier.first_tokens(hidden, cu)
+                logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else self.thresholds[i])
+                if last:
+                    exit_mask = torch.ones_like(exit_mask)
+                ops.scatter_exits(exit_mask, row_index, logits, conf, i, out_logits, out_conf, out_tier)
+                if last:
                     break
-                tokens, cu, row_index = tokens[:n_tok], cu[: n_rows + 1], row_index[:n_rows]
+                tokens, cu, local, n_kept = ops.compact(exit_mask | (row_index < 0), tokens, cu)
+                row_index = torch.where(local >= 0, row_index[local.clamp(min=0)], local)
+                if trim:
+                    n_rows, n_tok = torch.stack([n_kept.to(torch.int64), cu[-1].to(torch.int64)]).tolist()
+                    if n_rows == 0:
+                        break
+                    tokens, cu, row_index = tokens[:n_tok], cu[: n_rows + 1], row_index[:n_rows]
         return CascadeOutput(out_logits, out_tier, out_conf, rows_seen, tokens_seen)
