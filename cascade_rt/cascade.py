@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .checkpoint import CheckpointError, load_tier, save_tier
+from .checkpoint import load_tier, save_tier
 from .inputs import PackedBatch, prepare_inputs
 from .tier import Tier
 

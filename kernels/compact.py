@@ -217,5 +217,5 @@ def scatter_exits(
         exit_mask.contiguous().view(torch.uint8), row_index.contiguous(), lg, confidence.contiguous(),
         out_logits, out_confidence, out_tier,
         B, C, N, int(tier), lg.stride(0), out_logits.stride(0),
-        BLOCK_B=block_b, BLOCK_C=next_pow2(C),
+        BLOCK_B=block_b, BLOCK_C=next_pow2(C), **extra,
     )

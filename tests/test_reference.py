@@ -19,7 +19,7 @@ def _cu(lengths):
 @pytest.mark.parametrize("heads,dim", [(1, 32), (12, 48), (3, 64)])
 def test_varlen_attention_ref_equals_masked_padded_sdpa(lengths, heads, dim):
     g = torch.Generator().manual_seed(sum(lengths) + dim)
-    T, B, S = sum(lengths), len(lengths), max(lengths)
+    T, S = sum(lengths), max(lengths)
     q, k, v = (torch.randn(T + 3, heads, dim, generator=g, dtype=torch.float64) for _ in range(3))
     cu = _cu(lengths)
     out = R.varlen_attention_ref(q, k, v, cu, S)

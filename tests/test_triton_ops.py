@@ -213,7 +213,7 @@ TOKEN_KINDS = {
 
 
 def _check_compact(mask, tokens, cu):
-    B, T = mask.shape[0], tokens.shape[0]
+    B = mask.shape[0]
     out = (_poison(tokens.shape, tokens.dtype), _poison((B + 1,), torch.int32),
            _poison((B,), torch.int64), _poison((), torch.int32))
     got = k_compact(mask, tokens, cu, out=out)
