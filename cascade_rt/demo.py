@@ -139,7 +139,7 @@ def run(args) -> int:
     smalls_dao = [trained(f"small_l{n}_{stag}_{dao_tag}", n, easy=easy, over={"dao": True}) for n in small_layers]
     smalls_ce = [trained(f"small_l{n}_{stag}_ce", n) for n in small_layers]
 
-    ee_dir = root / "early_exit"
+    ee_dir = root / f"early_exit_{large.name}"  # heads belong to this backbone
     if not (ee_dir / "exit_heads.safetensors").is_file():
         t = _step("early-exit baseline: exit heads on the frozen 6-layer backbone")
         backbone = Tier.from_pretrained(large)
