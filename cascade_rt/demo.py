@@ -1,14 +1,17 @@
 """The main job (``cascade-rt demo``): train a calibrated cascade on real data and compare it
 with dynamic early exit, on a CPU in minutes.
 
-Steps, each cached under ``<cache>/demo/<data>_s<seed>_len<max_len>/`` so a second run is fast:
+Steps, each cached under ``<cache>/demo/<data>_s<seed>_len<max_len>_.../`` so a second run is
+fast (training runs under bf16 autocast where the CPU has native bf16, see ``--bf16``):
 1. tiers from the shipped MiniLM: its first ``--small-layers`` layers and all 6 layers;
 2. fine-tune the 6-layer tier (its final head doubles as the early-exit backbone);
 3. difficulty labels: k-fold held-out predictions of the small tier on the training split;
 4. the small tier with DAO and without (the ablation);
 5. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
-6. per target speed-up, thresholds chosen on dev; accuracy, ECE, DIS, analytic and measured
-   speed-up (wall clock, same run, against the 6-layer tier alone) on test.
+6. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
+   per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
+   measured speed-up (wall clock, each point timed interleaved with the 6-layer tier alone)
+   on test.
 Writes ``sweep.json`` (a list of points) and ``sweep.png`` (accuracy against speed-up, and a
 reliability diagram) into ``--out``.
 """
