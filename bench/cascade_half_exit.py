@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,16 +18,9 @@ import torch
 
 import cascade_rt
 from cascade_rt import CascadeBert, flops
+from cascade_rt.info import cpu_name, source_commit
 from cascade_rt.infer_demo import SENTENCES, build_cascade
 from cascade_rt.timing import interleaved
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
 def main() -> None:
@@ -66,8 +57,8 @@ def main() -> None:
     rec = {
         "bench": "cascade_half_exit",
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu"),
+        "commit": source_commit() or "unknown",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__, "cascade_rt": cascade_rt.__version__,
         "backend": {op: cascade_rt.backends.implementation(op, *args)[0] for op, args in {

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from cascade_rt.info import cpu_name, source_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -37,26 +38,10 @@ __all__ = [
 ]
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.check_output(["git", *args], text=True, cwd=Path(__file__).parent,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return name
+    return cpu_name()
 
 
 def op_backends(device: torch.device) -> dict[str, str]:
@@ -105,7 +90,6 @@ def environment(device: torch.device) -> dict:
         tf_version = transformers.__version__
     except Exception:
         tf_version = None
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
@@ -121,7 +105,7 @@ def environment(device: torch.device) -> dict:
         "triton": triton_version,
         "transformers": tf_version,
         "cascade_rt": cascade_rt.__version__,
-        "commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty and dirty != "unknown" else ""),
+        "commit": source_commit() or "unknown",
         "backends": op_backends(device),
         "CASCADE_RT_BACKEND": os.environ.get("CASCADE_RT_BACKEND"),
     }

@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,27 +27,13 @@ from cascade_rt import backends
 from cascade_rt import native_backend as N
 from cascade_rt import reference as R
 from cascade_rt.config import TierConfig
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
+from cascade_rt.info import source_commit
+from cascade_rt.timing import interleaved
 
 
 def _median_times(fns: dict, runs: int) -> dict[str, float]:
     """Median seconds per call of each fn; calls interleaved so drift hits all alike."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: v["median"] for k, v in interleaved(fns, runs=runs).items()}
 
 
 def _report(name: str, t: dict[str, float], base: list[str], records: list) -> None:
@@ -144,7 +127,7 @@ def main() -> None:
 
     rec = {
         "bench": "native_cpu", "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(), "device": platform.processor() or platform.machine(),
+        "commit": source_commit() or "unknown", "device": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "build": N.describe(),
         "rows": a.rows, "lengths": [a.min_len, a.max_len], "tokens": T, "padded_tokens": a.rows * S,
         "results": records,

@@ -36,6 +36,17 @@ class CascadeOutput:
     rows_per_tier: torch.Tensor
     tokens_per_tier: torch.Tensor
 
+    @classmethod
+    def empty(cls, num_rows: int, num_labels: int, num_stages: int, device) -> "CascadeOutput":
+        """Buffers a forward scatters into: zero logits/confidence, exit stage -1, zero counts."""
+        return cls(
+            torch.zeros((num_rows, num_labels), dtype=torch.float32, device=device),
+            torch.full((num_rows,), -1, dtype=torch.int64, device=device),
+            torch.zeros(num_rows, dtype=torch.float32, device=device),
+            torch.zeros(num_stages, dtype=torch.int64, device=device),
+            torch.zeros(num_stages, dtype=torch.int64, device=device),
+        )
+
 
 def _check_thresholds(thresholds: Sequence[float], num_tiers: int) -> list[float]:
     thresholds = [float(t) for t in thresholds]
@@ -193,13 +204,11 @@ class CascadeBert(nn.Module):
 
     def forward_packed(self, batch: PackedBatch) -> CascadeOutput:
         B, dev, n_tiers = batch.num_rows, self.device, len(self.tiers)
-        out_logits = torch.zeros((B, self.num_labels), dtype=torch.float32, device=dev)
-        out_conf = torch.zeros(B, dtype=torch.float32, device=dev)
-        out_tier = torch.full((B,), -1, dtype=torch.int64, device=dev)
-        rows_seen = torch.zeros(n_tiers, dtype=torch.int64, device=dev)
-        tokens_seen = torch.zeros(n_tiers, dtype=torch.int64, device=dev)
+        out = CascadeOutput.empty(B, self.num_labels, n_tiers, dev)
         if B == 0:
-            return CascadeOutput(out_logits, out_tier, out_conf, rows_seen, tokens_seen)
+            return out
+        out_logits, out_tier, out_conf, rows_seen, tokens_seen = (
+            out.logits, out.exit_tier, out.confidence, out.rows_per_tier, out.tokens_per_tier)
 
         trim = not self._sync_free_active()
         tokens = torch.stack([batch.input_ids, batch.token_type_ids], dim=1)  # (T, 2)
@@ -227,4 +236,4 @@ class CascadeBert(nn.Module):
                     if n_rows == 0:
                         break
                     tokens, cu, row_index = tokens[:n_tok], cu[: n_rows + 1], row_index[:n_rows]
-        return CascadeOutput(out_logits, out_tier, out_conf, rows_seen, tokens_seen)
+        return out

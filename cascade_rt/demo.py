@@ -75,10 +75,12 @@ def _step(msg: str) -> float:
 
 
 def run(args) -> int:
+    import transformers
     from transformers import BertTokenizer
 
     from .data import load_dataset
     from .early_exit import EarlyExitBert, layer_cls_features, train_exit_heads
+    from .info import cpu_name, source_commit
     from .evaluate import (dis, ece, f1_binary, reliability_bins, row_costs, run_batches, search_thresholds,
                            simulate_exits, tier_row_costs, timed_against)
     from .tier import Tier
@@ -234,8 +236,8 @@ def run(args) -> int:
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seed": args.seed, "threads": torch.get_num_threads(), "test_rows": len(te),
-            "torch": torch.__version__, "transformers": _version("transformers"), "cpu": _cpu_name(),
-            "commit": _commit(), "loadavg_at_start": load_at_start, "wall_seconds": None}
+            "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
+            "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
     _plot(points, reliab, out / "sweep.png", reliability_bins)
     print()
@@ -251,45 +253,6 @@ def run(args) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"\nwrote {out / 'sweep.json'} and {out / 'sweep.png'} ({meta['wall_seconds']:.0f} s in all)")
     return 0
-
-
-def _version(pkg: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return None
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str | None:
-    """The source checkout's commit (with "+dirty" for local changes), or None when installed."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _plot(points, reliab, path, reliability_bins) -> None:

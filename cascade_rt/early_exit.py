@@ -93,13 +93,11 @@ class EarlyExitBert(nn.Module):
         batch = prepare_inputs(input_ids, attention_mask, token_type_ids, None, None,
                                limits=[bb.config], device=bb.device)
         B, L, dev = batch.num_rows, bb.config.num_hidden_layers, bb.device
-        out_l = torch.zeros((B, bb.config.num_labels), dtype=torch.float32, device=dev)
-        out_c = torch.zeros(B, dtype=torch.float32, device=dev)
-        out_t = torch.full((B,), -1, dtype=torch.int64, device=dev)
-        rows = torch.zeros(L, dtype=torch.int64, device=dev)
-        toks = torch.zeros(L, dtype=torch.int64, device=dev)
+        out = CascadeOutput.empty(B, bb.config.num_labels, L, dev)
         if B == 0:
-            return CascadeOutput(out_l, out_t, out_c, rows, toks)
+            return out
+        out_l, out_t, out_c, rows, toks = (out.logits, out.exit_tier, out.confidence, out.rows_per_tier,
+                                           out.tokens_per_tier)
         cu, row_index = batch.cu_seqlens, torch.arange(B, device=dev)
         x = bb.embed(batch.input_ids, batch.token_type_ids, cu)
         for i in range(L):
@@ -121,7 +119,7 @@ class EarlyExitBert(nn.Module):
                 break
             row_index = row_index[local[:n_rows]]
             x, cu = x[:n_tok], cu[: n_rows + 1]
-        return CascadeOutput(out_l, out_t, out_c, rows, toks)
+        return out
 
 
 @torch.no_grad()

@@ -14,6 +14,38 @@ def _version(mod: str) -> str:
         return f"not available ({type(exc).__name__}: {exc})"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def source_commit() -> str | None:
+    """The source checkout's short commit, with "+dirty" for uncommitted changes to tracked
+    files; None when cascade_rt is not running from a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+
+    try:
+        rev = git("rev-parse", "--short", "HEAD")
+        if rev.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def collect() -> dict:
     import torch
 
