@@ -30,10 +30,11 @@ from . import CascadeBert, flops, make_classifier_checkpoint
 from .paths import cache_dir, shipped_minilm_dir
 
 
-#: every tier trains this many epochs. One is not enough on the movie snippets: a 2-layer tier
-#: (lr 3e-4, word embeddings frozen) reached 0.786 test accuracy after one epoch and 0.822
-#: after two, the 6-layer tier (lr 1e-4) 0.851 and 0.863; three or five epochs gave the small
-#: tier no clear gain.
+#: every tier trains this many epochs. One is not enough on the movie snippets
+#: (``bench/tier_recipe.py``, ``bench/results/tier_recipe.jsonl``): a 2-layer tier (lr 3e-4,
+#: word embeddings frozen) reached 0.787 test accuracy after one epoch and 0.823 after two, the
+#: 6-layer tier (lr 1e-4) 0.851 and 0.863; with word embeddings trained, a third epoch gave the
+#: 2-layer tier no gain (0.841 after two, 0.835 after three).
 EPOCHS = 2.0
 
 
@@ -109,7 +110,8 @@ def run(args) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam,
                       bf16=bf16)
     # small tiers also train their word embeddings: most of a 2-layer tier's parameters, and
-    # worth about 2 points of its accuracy here (0.823 -> 0.841 on test after 2 epochs)
+    # worth about 2 points of its accuracy here (0.823 -> 0.841 on test after 2 epochs,
+    # bench/tier_recipe.py)
     small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr, "epochs": args.small_epochs,
                                "freeze_word_embeddings": False})
     stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we"

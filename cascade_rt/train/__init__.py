@@ -124,7 +124,8 @@ class TrainConfig:
     lam: float = 0.5
     #: keep the (vocab x hidden) word embeddings fixed: most of a small tier's parameters and
     #: much of the optimizer's time on a CPU. Little of a 6-layer tier's accuracy; a 2-layer
-    #: tier on the movie snippets gained about 2 points from training them (0.823 -> 0.841).
+    #: tier on the movie snippets gained about 2 points from training them (0.823 -> 0.841,
+    #: ``bench/tier_recipe.py``).
     freeze_word_embeddings: bool = True
     #: run the forward pass under bfloat16 autocast; the loss, weights and optimizer stay fp32
     bf16: bool = False

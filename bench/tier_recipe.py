@@ -1,0 +1,103 @@
+"""Training recipes for one tier, judged by what the tier does in a cascade.
+
+Fine-tunes a tier cut from the shipped MiniLM (``--layers``) on the movie snippets with one
+recipe (epochs, learning rate, frozen or trained word embeddings, bf16 autocast) and prints
+one JSON line: training seconds, the tier's dev/test accuracy and, when ``--large`` names a
+trained final tier, the two-tier cascade's test accuracy and analytic speed-up at thresholds
+chosen on dev for each ``--targets`` value (simulated from the two tiers' probabilities, as
+``cascade_rt.evaluate.search_thresholds`` sees them). The demo's defaults
+(``cascade_rt.demo.EPOCHS``, small tiers training their word embeddings, bf16 where native)
+were chosen with this script, e.g.::
+
+    .venv/bin/python bench/tier_recipe.py --layers 6 --epochs 2 --lr 1e-4 --bf16 --out /tmp/r/l6
+    .venv/bin/python bench/tier_recipe.py --layers 2 --epochs 2 --bf16 --large /tmp/r/l6
+    .venv/bin/python bench/tier_recipe.py --layers 2 --epochs 2 --bf16 --train-word-embeddings --large /tmp/r/l6
+
+Results append to ``--log`` (default ``bench/results/tier_recipe.jsonl``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-word-embeddings", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+    p.add_argument("--large", default=None, help="a trained final tier: also report the cascade")
+    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.2, 2.5])
+    p.add_argument("--data", default="movies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="keep the trained tier here (default: a temporary dir)")
+    p.add_argument("--log", default=str(Path(__file__).parent / "results" / "tier_recipe.jsonl"))
+    args = p.parse_args(argv)
+
+    from transformers import BertTokenizer
+
+    from cascade_rt import Tier, make_classifier_checkpoint
+    from cascade_rt.data import load_dataset
+    from cascade_rt.evaluate import search_thresholds, simulate_exits, tier_row_costs
+    from cascade_rt.info import cpu_name, source_commit
+    from cascade_rt.paths import shipped_minilm_dir
+    from cascade_rt.train import TrainConfig, encode, finetune, predict_probs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = shipped_minilm_dir()
+    tok = BertTokenizer(vocab=str(src / "vocab.txt"))
+    splits = load_dataset(args.data, seed=args.seed)
+    tr, dv, te = (encode(tok, getattr(splits, s), 64) for s in ("train", "dev", "test"))
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                      freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16)
+    with tempfile.TemporaryDirectory() as tmp:
+        init = Path(tmp) / "init"
+        make_classifier_checkpoint(src, init, num_labels=splits.num_labels, num_layers=args.layers, seed=args.seed)
+        out = Path(args.out) if args.out else Path(tmp) / "tier"
+        t0 = time.perf_counter()
+        finetune(init, tr, out, cfg, quiet=True)
+        train_s = time.perf_counter() - t0
+        tier = Tier.from_pretrained(out)
+    p_dv, p_te = predict_probs(tier, dv), predict_probs(tier, te)
+    y_dv, y_te = np.array(dv.labels), np.array(te.labels)
+    rec = {"recipe": {k: v for k, v in vars(args).items() if k not in ("log", "out", "threads")},
+           "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(), "cpu": cpu_name(),
+           "commit": source_commit(),
+           "dev_accuracy": float((p_dv.argmax(-1).numpy() == y_dv).mean()),
+           "test_accuracy": float((p_te.argmax(-1).numpy() == y_te).mean())}
+    if args.large:
+        large = Tier.from_pretrained(args.large)
+        l_dv, l_te = predict_probs(large, dv), predict_probs(large, te)
+        cfgs = [tier.config, large.config]
+        cum_dv, cum_te = tier_row_costs(cfgs, dv.lengths), tier_row_costs(cfgs, te.lengths)
+        rec["large_test_accuracy"] = float((l_te.argmax(-1).numpy() == y_te).mean())
+        rec["cascade"] = []
+        for target in args.targets:
+            ths, _, _ = search_thresholds([p_dv, l_dv], y_dv, cum_dv, cum_dv[1].sum() - cum_dv[0].sum(),
+                                          target_speedup=target)
+            stage, pred, _ = simulate_exits([p_te, l_te], ths)
+            full_te = cum_te[1].sum() - cum_te[0].sum()
+            rec["cascade"].append({"target": target, "threshold": ths[0],
+                                   "test_accuracy": float((pred == y_te).mean()),
+                                   "speedup_analytic": float(full_te / cum_te[stage, np.arange(len(stage))].sum())})
+    line = json.dumps(rec)
+    print(line)
+    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log, "a") as f:
+        f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
