@@ -64,23 +64,50 @@ class _Layer(nn.Module):
         self.attention = _Attention(cfg)
         self.intermediate = _Dense(cfg.hidden_size, cfg.intermediate_size)
         self.output = _DenseLayerNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
-        self._qkv_cache: tuple | None = None
+        self._qkv_fused: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query/key/value weights fused to (3H, H) and (3H,); rebuilt when any of them changes."""
+        """Query/key/value weights fused: (3H, H) weight and (3H,) bias, one storage each.
+
+        The first call copies the three projections into one weight and one bias and makes
+        each parameter a view of its slice (``param.data`` points into the fused storage).
+        In-place updates of the parameters (``load_state_dict``, ``p.copy_``, ``p.data.mul_``)
+        then land in the fused tensors themselves: nothing is copied per call, and a CUDA
+        graph that captured them replays with the updated weights. Re-assigning a parameter
+        or moving the module (``.to()``) breaks the views; the next call fuses again (a new
+        storage, which a graph captured before does not see).
+        """
         sa = getattr(self.attention, "self")
-        params = (sa.query.weight, sa.key.weight, sa.value.weight, sa.query.bias, sa.key.bias, sa.value.bias)
+        ws = (sa.query.weight, sa.key.weight, sa.value.weight)
+        bs = (sa.query.bias, sa.key.bias, sa.value.bias)
         if torch.compiler.is_compiling():
-            # the cache check compares data pointers, which torch.compile cannot trace; the
-            # concatenation is a few weight-sized copies that the compiler may hoist
-            return torch.cat(params[:3], 0), torch.cat(params[3:], 0)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            # data pointers cannot be traced; the compiler may hoist these weight-sized copies
+            return torch.cat(ws, 0), torch.cat(bs, 0)
+        fused = self._qkv_fused
+        if fused is None or not (_views_of(fused[0], ws) and _views_of(fused[1], bs)):
             with torch.no_grad():
-                w = torch.cat(params[:3], 0)
-                b = torch.cat(params[3:], 0)
-            self._qkv_cache = (key, w, b)
-        return self._qkv_cache[1], self._qkv_cache[2]
+                fused = (torch.cat([p.detach() for p in ws], 0), torch.cat([p.detach() for p in bs], 0))
+            for whole, parts in zip(fused, (ws, bs)):
+                for p, view in zip(parts, whole.split([p.shape[0] for p in parts], 0)):
+                    p.data = view
+            self._qkv_fused = fused
+        return fused
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.half()/.cuda() give each parameter its own storage: drop the old fused one
+        self._qkv_fused = None
+        return super()._apply(fn, recurse)
+
+
+def _views_of(whole: torch.Tensor, parts) -> bool:
+    """Whether ``parts`` are, in order, the contiguous row slices that make up ``whole``."""
+    ptr, step = whole.data_ptr(), whole.element_size()
+    for p in parts:
+        if (p.data_ptr() != ptr or p.dtype != whole.dtype or p.device != whole.device
+                or not p.is_contiguous()):
+            return False
+        ptr += p.numel() * step
+    return ptr == whole.data_ptr() + whole.numel() * step
 
 
 class _Encoder(nn.Module):
