@@ -77,6 +77,11 @@ class CapturedCascade:
         return self.model(self.input_ids, self.attention_mask, self.token_type_ids)
 
     def _capture(self, warmup: int, pool) -> None:
+        # the graph records on the current device's streams: make that the model's device
+        with torch.cuda.device(self.device):
+            self._capture_on_device(warmup, pool)
+
+    def _capture_on_device(self, warmup: int, pool) -> None:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -143,7 +148,8 @@ class CapturedCascade:
         if token_type_ids is not None:
             self.token_type_ids[:B, :S].copy_(token_type_ids)
         if self.graph is not None:
-            self.graph.replay()
+            with torch.cuda.device(self.device):  # replay on the model's device's current stream
+                self.graph.replay()
             out = self._out
         else:
             out = self._forward()

@@ -113,6 +113,15 @@ OPS = {
 _CUDA_OPS = frozenset({"add_layer_norm", "exit_head", "compact", "scatter_exits", "pack", "unpack"})
 
 
+def missing_ops(device: torch.device) -> tuple[str, ...]:
+    """The ops of ``OPS`` this backend cannot run on ``device`` (whatever the arguments)."""
+    if device.type == "cpu":
+        return ()
+    if device.type == "cuda":
+        return tuple(op for op in OPS if not (_WITH_CUDA and op in _CUDA_OPS))
+    return tuple(OPS)
+
+
 def _tensors(args):
     return [a for a in args if isinstance(a, torch.Tensor)]
 

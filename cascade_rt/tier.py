@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import backends, ops
 from .config import TierConfig
 from .inputs import PackedBatch, prepare_inputs
 from .reference import token_row_ids_ref
@@ -206,6 +206,7 @@ class Tier(nn.Module):
             hidden states (T, hidden_size) in the tier's dtype; with ``sync_free``, rows past
             ``cu_seqlens[-1]`` hold no meaningful values.
         """
+        backends.check_model_backend(input_ids.device, sync_free)
         x = self.embed(input_ids, token_type_ids, cu_seqlens)
         for i in range(self.config.num_hidden_layers):
             x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)

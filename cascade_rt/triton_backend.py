@@ -10,6 +10,7 @@ Runs on CUDA tensors, and on CPU tensors only under the Triton interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported). Importing this module fails
 (and the backend loader records why) when Triton is missing; it never initialises CUDA.
 """
+import contextlib
 import math
 from typing import Optional
 
@@ -36,20 +37,29 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _register = custom_op if _common.INTERPRET else triton_op
 
 
+def _on_device(t: torch.Tensor):
+    """A Triton launch goes to the *current* CUDA device and its current stream: make that the
+    tensors' device (a model on ``cuda:1`` while ``cuda:0`` is current, a capture on a side
+    stream of ``cuda:1``). A no-op context for CPU tensors (the interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 # -- registered ops -----------------------------------------------------------------------------
 @_register(f"{NAMESPACE}::varlen_attention", mutates_args=())
 def _varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
     max_seqlen: int, softmax_scale: Optional[float] = None,
 ) -> torch.Tensor:
-    return _va.varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale, launch=wrap_triton)
+    with _on_device(q):
+        return _va.varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::add_layer_norm", mutates_args=())
 def _add_layer_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
 ) -> torch.Tensor:
-    return _aln.add_layer_norm(x, residual, weight, bias, eps, launch=wrap_triton)
+    with _on_device(x):
+        return _aln.add_layer_norm(x, residual, weight, bias, eps, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::exit_head", mutates_args=())
@@ -64,7 +74,8 @@ def _exit_head(
 def _compact(
     exit_mask: torch.Tensor, tokens: torch.Tensor, cu_seqlens: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _cp.compact(exit_mask, tokens, cu_seqlens, launch=wrap_triton)
+    with _on_device(tokens):
+        return _cp.compact(exit_mask, tokens, cu_seqlens, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::scatter_exits",
@@ -74,18 +85,21 @@ def _scatter_exits(
     confidence: torch.Tensor, tier: int, out_logits: torch.Tensor,
     out_confidence: torch.Tensor, out_tier: torch.Tensor,
 ) -> None:
-    _cp.scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits,
-                      out_confidence, out_tier, launch=wrap_triton)
+    with _on_device(out_logits):
+        _cp.scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits,
+                          out_confidence, out_tier, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::pack", mutates_args=())
 def _pack(padded: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pk.pack(padded, attention_mask, launch=wrap_triton)
+    with _on_device(padded):
+        return _pk.pack(padded, attention_mask, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::unpack", mutates_args=())
 def _unpack(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-    return _pk.unpack(tokens, cu_seqlens, max_seqlen, launch=wrap_triton)
+    with _on_device(tokens):
+        return _pk.unpack(tokens, cu_seqlens, max_seqlen, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::linear", mutates_args=())
@@ -93,7 +107,8 @@ def _linear(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
     activation: str = "none",
 ) -> torch.Tensor:
-    return _ln.linear(x, weight, bias, cu_seqlens, activation, launch=wrap_triton)
+    with _on_device(x):
+        return _ln.linear(x, weight, bias, cu_seqlens, activation, launch=wrap_triton)
 
 
 # Fake (meta) implementations: outputs' shapes and dtypes only, no launch (under the Triton
