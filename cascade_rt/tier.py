@@ -223,8 +223,9 @@ class Tier(nn.Module):
         pos = torch.arange(T, device=input_ids.device) - starts[row]
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
         x = emb.word_embeddings(input_ids) + emb.position_embeddings(pos)
+        # slots past cu_seqlens[-1] are dead: the LayerNorm may skip them (none on exact shapes)
         return ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
-                                  emb.LayerNorm.bias, cfg.layer_norm_eps)
+                                  emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
 
     def run_layer(
         self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
@@ -235,8 +236,9 @@ class Tier(nn.Module):
         ``sync_free=False`` (exact shapes, ``T`` about the live token count): the four dense
         layers run as ``F.linear`` (cuBLAS). ``sync_free=True`` (``T`` an upper bound, the
         live count ``cu_seqlens[-1]`` only on the device): they run as
-        :func:`cascade_rt.ops.linear`, which skips the dead rows (and writes them as 0), with
-        the intermediate activation fused, so the GEMMs shrink as rows exit.
+        :func:`cascade_rt.ops.linear`, which skips the dead rows (and leaves them unwritten),
+        with the intermediate activation fused, so the GEMMs shrink as rows exit; attention
+        and the LayerNorms skip the dead rows too.
         """
         cfg = self.config
         layer = self.bert.encoder.layer[i]
@@ -245,21 +247,23 @@ class Tier(nn.Module):
 
         def dense(t, weight, bias, act="none"):
             if sync_free:
-                return ops.linear(t, weight, bias, cu_seqlens, act)
+                return ops.linear(t, weight, bias, cu_seqlens, act, zero_dead=False)
             y = F.linear(t, weight, bias)
             return y if act == "none" else self._act(y)
 
         w_qkv, b_qkv = layer.qkv_weights()
         qkv = dense(x, w_qkv, b_qkv).view(T, 3, H, D)
-        ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D))
+        ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D),
+                                   zero_dead=not sync_free)
+        live = cu_seqlens if sync_free else None
         ao = layer.attention.output
         attn = dense(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
-        x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps)
+        x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps, live)
         inter = layer.intermediate.dense
         h = dense(x, inter.weight, inter.bias, self._act_name)
         fo = layer.output
         h = dense(h, fo.dense.weight, fo.dense.bias)
-        return ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps)
+        return ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps, live)
 
     @staticmethod
     def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

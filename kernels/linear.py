@@ -1,11 +1,12 @@
-"""``act(x @ W^T + b)`` over the live rows of a packed batch; dead rows are written as zeros.
+"""``act(x @ W^T + b)`` over the live rows of a packed batch; dead rows zeroed or skipped.
 
 In the sync-free cascade a tier runs on upper-bound shapes: ``T`` token slots of which only
 ``n_live = cu_seqlens[-1]`` are live, a count that stays on the device. ``F.linear`` would
 multiply all ``T`` rows. Here every program reads ``n_live`` itself: a program whose row
-block starts at or past it stores zeros to its output tile and does no matmul work, so the
-GEMM's cost follows the live rows; rows of a partly live block past ``n_live`` are zeroed
-too (the same zeros as varlen attention's dead slots).
+block starts at or past it does no matmul work, so the GEMM's cost follows the live rows.
+With ``zero_dead`` (the default) the dead rows are written as zeros (the same zeros as varlen
+attention's dead slots); without it they are not written at all (no memory traffic: the
+sync-free tier never reads them).
 
 Tiles: ``BLOCK_M x BLOCK_N`` of the output per program, ``BLOCK_K`` of the reduction per
 step, fp32 accumulation. Programs are ordered in groups of ``GROUP_M`` row blocks that sweep
@@ -49,7 +50,7 @@ def linear_kernel(
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    IEEE_FP32: tl.constexpr,
+    IEEE_FP32: tl.constexpr, ZERO_DEAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -70,8 +71,10 @@ def linear_kernel(
     out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :]
     out_mask = row_ok[:, None] & col_ok[None, :]
     if m0 >= n_live:
-        # a dead row block: zeros, no loads, no matmul
-        tl.store(out_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=out_ptr.dtype.element_ty), mask=out_mask)
+        # a dead row block: no loads, no matmul; zeros only when asked for
+        if ZERO_DEAD:
+            tl.store(out_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=out_ptr.dtype.element_ty),
+                     mask=out_mask)
         return
 
     live = rows < n_live
@@ -98,7 +101,10 @@ def linear_kernel(
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
     acc = _apply_activation(acc, ACTIVATION)
-    acc = tl.where(live[:, None], acc, 0.0)  # dead rows of a partly live block
+    if ZERO_DEAD:
+        acc = tl.where(live[:, None], acc, 0.0)  # dead rows of a partly live block
+    else:
+        out_mask = live[:, None] & col_ok[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -121,6 +127,7 @@ def linear(
     bias: torch.Tensor | None,
     cu_seqlens: torch.Tensor,
     activation: str = "none",
+    zero_dead: bool = True,
     out: torch.Tensor | None = None,
     launch=None,
 ) -> torch.Tensor:
@@ -129,9 +136,10 @@ def linear(
     x: (T, K), float32/float16/bfloat16, any strides.  weight: (N, K) (``nn.Linear``
     layout), x's dtype, any strides.  bias: (N,) or None.  cu_seqlens: (B+1,), int32; rows
     ``>= cu_seqlens[-1]`` are dead.  activation: one of :data:`ACTIVATIONS`.
+    zero_dead: write the dead rows as zeros (True) or leave them unwritten (False).
     out: optional (T, N) in x's dtype with unit column stride, written in full.
     launch: wraps the kernel for launching (``torch.library.wrap_triton``).
-    Returns (T, N) in x's dtype, zero on dead rows.
+    Returns (T, N) in x's dtype; dead rows zero, or as ``out`` held them without ``zero_dead``.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
@@ -151,6 +159,6 @@ def linear(
         T, N, K, B,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0),
         ACTIVATION=activation, HAS_BIAS=bias is not None, EVEN_K=K % cfg["BLOCK_K"] == 0,
-        IEEE_FP32=x.dtype == torch.float32, **cfg,
+        IEEE_FP32=x.dtype == torch.float32, ZERO_DEAD=bool(zero_dead), **cfg,
     )
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade_rt import CascadeBert, backends, native_backend
+from cascade_rt import CascadeBert, backends, native_backend, ops
 from cascade_rt import reference as ref
 
 from test_sync_free import LENGTHS, _padded, _thresholds_for, _tier
@@ -106,3 +106,105 @@ def test_model_forward_checks_the_forced_backend_first(monkeypatch):
         with pytest.raises(NotImplementedError, match="has no cpu linear, varlen_attention"):
             m(ids, mask, types)
     assert calls == []  # refused before the first op
+
+
+# -- item 4: the sync-free path leaves dead slots alone --------------------------------------
+triton_ops = pytest.importorskip("test_triton_ops")  # skips without Triton / interpreter
+_cu_of, _poison, DEV = triton_ops._cu, triton_ops._poison, triton_ops.DEV
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n_live", [0, 5, 23, 37])
+def test_linear_skips_dead_rows(dtype, n_live):
+    from cascade_rt.kernels.linear import linear as k_linear
+
+    T, K, N = 37, 48, 33
+    x = torch.randn(T, K, device=DEV).to(dtype)
+    x[n_live:] = float("nan")  # dead input rows may hold anything
+    w = (torch.randn(N, K, device=DEV) / K ** 0.5).to(dtype)
+    b = torch.randn(N, device=DEV).to(dtype)
+    cu = _cu_of([n_live // 2, n_live - n_live // 2, 0])
+    zeroed = k_linear(x, w, b, cu, "gelu", True, out=_poison((T, N), dtype))
+    skipped = k_linear(x, w, b, cu, "gelu", False, out=_poison((T, N), dtype))
+    assert torch.equal(skipped[:n_live], zeroed[:n_live])  # live rows: the same kernel result
+    assert not torch.isnan(zeroed).any() and (zeroed[n_live:] == 0).all()
+    assert torch.isnan(skipped[n_live:]).all(), "dead rows were written"
+    if dtype == torch.float32:
+        want = ref.linear_ref(x.double(), w.double(), b.double(), cu, "gelu")
+        torch.testing.assert_close(skipped[:n_live].double(), want[:n_live], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n_live", [0, 1, 17, 40])
+def test_add_layer_norm_skips_dead_rows(dtype, n_live):
+    from cascade_rt.kernels.add_layer_norm import add_layer_norm as k_aln
+
+    N, H = 29, 40  # n_live 40 > N: the count is clamped to the rows there are
+    x, r = torch.randn(N, H, device=DEV).to(dtype), torch.randn(N, H, device=DEV).to(dtype)
+    w, b = torch.randn(H, device=DEV).to(dtype), torch.randn(H, device=DEV).to(dtype)
+    x[n_live:] = float("nan")
+    cu = _cu_of([n_live, 0])
+    full = k_aln(x, r, w, b, 1e-5, out=_poison((N, H), dtype))
+    live = k_aln(x, r, w, b, 1e-5, cu, out=_poison((N, H), dtype))
+    n = min(n_live, N)
+    assert torch.equal(live[:n], full[:n])
+    assert torch.isnan(live[n:]).all(), "dead rows were written"
+    want = ref.add_layer_norm_ref(x.double(), r.double(), w.double(), b.double(), 1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 4e-3
+    torch.testing.assert_close(live[:n].double(), want[:n], atol=tol, rtol=tol)
+
+
+def test_varlen_attention_skips_dead_tail():
+    from cascade_rt.kernels.varlen_attention import varlen_attention as k_va
+
+    lens = [3, 1, 6, 0]
+    cu = _cu_of(lens)
+    T, H, D = 14, 2, 16
+    qkv = torch.randn(T, 3, H, D, device=DEV)
+    zeroed = k_va(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 6, out=_poison((T, H, D), torch.float32))
+    skipped = k_va(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 6, None, False, out=_poison((T, H, D), torch.float32))
+    assert torch.equal(skipped[:10], zeroed[:10]) and (zeroed[10:] == 0).all()
+    assert torch.isnan(skipped[10:]).all()
+
+
+def test_ops_take_the_dead_row_arguments_on_every_backend():
+    """The new trailing arguments reach each backend, and live rows match the reference."""
+    T, K, N = 13, 24, 20
+    x, w, bias = torch.randn(T, K), torch.randn(N, K) / 5, torch.randn(N)
+    h, r, g, bb = torch.randn(T, K), torch.randn(T, K), torch.randn(K), torch.randn(K)
+    qkv = torch.randn(T, 3, 2, 12)
+    cu = torch.tensor([0, 4, 9, 9], dtype=torch.int32)
+    want_lin = ref.linear_ref(x, w, bias, cu, "relu")
+    want_ln = ref.add_layer_norm_ref(h, r, g, bb, 1e-6)
+    want_att = ref.varlen_attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 5)
+    for name in backends.BACKEND_NAMES:
+        if not backends.available(name):
+            continue
+        with backends.use_backend(name):
+            lin = ops.linear(x, w, bias, cu, "relu", zero_dead=False)
+            ln = ops.add_layer_norm(h, r, g, bb, 1e-6, cu)
+            att = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 5, zero_dead=False)
+        torch.testing.assert_close(lin[:9], want_lin[:9], atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(ln[:9], want_ln[:9], atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(att[:9], want_att[:9], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_opcheck_with_dead_row_arguments():
+    """Unwritten dead rows hold whatever the allocator left, so the eager-vs-traced output
+    comparison runs with every row live; schema and fake tensors also with dead rows."""
+    from cascade_rt import triton_backend as tb
+
+    x = torch.randn(11, 24, device=DEV)
+    qkv = torch.randn(11, 3, 2, 16, device=DEV)
+    for cu, utils in ((_cu_of([4, 7]), None),
+                      (_cu_of([4, 5, 0]), ("test_schema", "test_faketensor", "test_autograd_registration"))):
+        kw = {} if utils is None else {"test_utils": utils}
+        torch.library.opcheck(torch.ops.cascade_rt_triton.linear,
+                              (x, torch.randn(20, 24, device=DEV), None, cu, "gelu", False), **kw)
+        torch.library.opcheck(torch.ops.cascade_rt_triton.add_layer_norm,
+                              (x, torch.randn(11, 24, device=DEV), torch.randn(24, device=DEV),
+                               torch.randn(24, device=DEV), 1e-5, cu), **kw)
+        torch.library.opcheck(torch.ops.cascade_rt_triton.varlen_attention,
+                              (qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 7, None, False), **kw)
+    cu = _cu_of([4, 7])
+    assert tb.why_not("add_layer_norm", x, x, x[0], x[0], 1e-5, cu.long()) is not None
