@@ -227,7 +227,8 @@ def pack_ref(
 def unpack_ref(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """Packed ``(T, ...)`` back to padded ``(B, max_seqlen, ...)``, zeros in the padding.
 
-    Rows longer than ``max_seqlen`` are cut.  No host sync.
+    Rows longer than ``max_seqlen`` are cut; a slot past the ``T`` tokens (malformed
+    ``cu_seqlens``) reads as zero.  No host sync.
     """
     B = cu_seqlens.shape[0] - 1
     dev = tokens.device
@@ -236,6 +237,7 @@ def unpack_ref(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) 
     lens = cu[1:] - cu[:-1]
     live = col[None, :] < lens[:, None]
     src = torch.where(live, cu[:-1, None] + col[None, :], torch.zeros_like(col)[None, :])
+    live = live & (src < tokens.shape[0])
     src = src.clamp(max=max(tokens.shape[0] - 1, 0))
     if tokens.shape[0] == 0:
         return tokens.new_zeros((B, max_seqlen) + tuple(tokens.shape[1:]))

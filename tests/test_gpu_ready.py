@@ -208,3 +208,21 @@ def test_opcheck_with_dead_row_arguments():
                               (qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 7, None, False), **kw)
     cu = _cu_of([4, 7])
     assert tb.why_not("add_layer_norm", x, x, x[0], x[0], 1e-5, cu.long()) is not None
+
+
+# -- item 7: unpack never reads past the tokens there are ------------------------------------
+def test_triton_unpack_bounds_guard():
+    """cu_seqlens pointing past T (malformed): the slots past T read as zero, as the CUDA
+    kernel and the reference do, instead of reading out of bounds."""
+    from cascade_rt.kernels.pack import unpack as k_unpack
+
+    T = 7
+    tokens = torch.arange(1, T + 1, device=DEV, dtype=torch.int64)[:, None].repeat(1, 3)
+    # a guard-less kernel would read tokens[7:11] from the same allocation; make it visible
+    big = torch.full((T + 8, 3), 555, dtype=torch.int64, device=DEV)
+    big[:T] = tokens
+    cu = torch.tensor([0, 4, 11], dtype=torch.int32, device=DEV)
+    got = k_unpack(big[:T], cu, 8, out=_poison((2, 8, 3), torch.int64))
+    want = ref.unpack_ref(big[:T], cu, 8)
+    assert torch.equal(got, want)
+    assert (got[1, 3:] == 0).all() and torch.equal(got[1, :3], tokens[4:7])
