@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._common import INTERPRET, next_pow2
 
-__all__ = ["linear", "linear_kernel", "ACTIVATIONS"]
+__all__ = ["linear", "linear_kernel", "ACTIVATIONS", "TENSOR_CORE_TILES", "num_sms"]
 
 #: activations fused into the epilogue: identity, GELU (erf), GELU (tanh approximation), ReLU.
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
@@ -108,7 +108,36 @@ def linear_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
+#: fp16/bf16 tiles, largest first: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). 128x128
+#: with 64-deep K steps and a 4-stage pipeline (4 x 32 KiB of shared memory, within an A100's
+#: 163 KiB too) is the H100 GEMM tile; the smaller ones keep the grid at one wave or more when
+#: the output is small (BERT-base at a few thousand tokens gives 6 column blocks of 128).
+TENSOR_CORE_TILES = (
+    (128, 128, 64, 8, 4),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+)
+#: SMs assumed when the device is not a CUDA device (the compile-only check): an H100 SXM's.
+DEFAULT_SMS = 132
+_SMS: dict[int, int] = {}
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (cached; :data:`DEFAULT_SMS` off CUDA)."""
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    n = _SMS.get(idx)
+    if n is None:
+        n = _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return n
+
+
+def _config(M: int, N: int, K: int, dtype: torch.dtype, sms: int = DEFAULT_SMS) -> dict:
+    """Tiles by shape: the largest tensor-core tile whose grid still fills every SM once
+    (``M`` is the upper bound of rows: dead row blocks return at once, so the count is
+    optimistic in the sync-free path), else the smallest."""
     if INTERPRET:
         # few, large program instances: the interpreter pays per instance
         return dict(BLOCK_M=next_pow2(min(M, 64), lo=16), BLOCK_N=next_pow2(min(N, 128), lo=16),
@@ -116,9 +145,10 @@ def _config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
     if dtype == torch.float32:
         # IEEE fp32 runs on the FMA units, not tensor cores: smaller tiles, fewer registers
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
-    # fp16/bf16 on H100: 128x128 tiles, 64-deep K steps, 4-stage pipeline (4 x 32 KiB of
-    # shared memory, within an A100's 163 KiB too)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+    for bm, bn, bk, warps, stages in TENSOR_CORE_TILES:
+        if triton.cdiv(M, bm) * triton.cdiv(N, bn) >= sms:
+            break
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
 
 
 def linear(
@@ -151,7 +181,7 @@ def linear(
         return out
     cu = cu_seqlens.contiguous()
     B = cu.shape[0] - 1
-    cfg = _config(T, N, K, x.dtype)
+    cfg = _config(T, N, K, x.dtype, num_sms(x.device))
     kernel = linear_kernel if launch is None else launch(linear_kernel)
     grid = (triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     kernel[grid](

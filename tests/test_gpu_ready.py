@@ -226,3 +226,82 @@ def test_triton_unpack_bounds_guard():
     want = ref.unpack_ref(big[:T], cu, 8)
     assert torch.equal(got, want)
     assert (got[1, 3:] == 0).all() and torch.equal(got[1, :3], tokens[4:7])
+
+
+# -- item 5: the linear's tile follows the shape -----------------------------------------------
+def test_linear_tiles_fill_the_gpu():
+    """Under the interpreter _config takes its CPU branch; the GPU branch is evaluated here
+    directly: the grid of the chosen tile covers every SM once when any tile can, and the
+    large tile is kept for large outputs."""
+    import triton
+
+    from cascade_rt.kernels import linear as kl
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(kl, "INTERPRET", False)
+    try:
+        for M, N in ((20000, 768), (3700, 768), (1024, 768), (1024, 2304), (300, 3072), (16, 32)):
+            for sms in (132, 108, 78):
+                cfg = kl._config(M, N, 768, torch.float16, sms)
+                tile = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_warps"], cfg["num_stages"])
+                assert tile in kl.TENSOR_CORE_TILES
+                ctas = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
+                fits = [t for t in kl.TENSOR_CORE_TILES if triton.cdiv(M, t[0]) * triton.cdiv(N, t[1]) >= sms]
+                if fits:
+                    assert ctas >= sms and tile == fits[0], (M, N, sms, tile)
+                else:
+                    assert tile == kl.TENSOR_CORE_TILES[-1]
+        assert kl._config(20000, 3072, 768, torch.float16)["BLOCK_M"] == 128
+        assert kl._config(1024, 768, 768, torch.float16)["BLOCK_M"] == 64  # 8x6 big tiles < 132
+        assert kl.num_sms(torch.device("cpu")) == kl.DEFAULT_SMS
+    finally:
+        monkey.undo()
+
+
+_COMPILE_TILES = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import test_triton_compile as tc
+from cascade_rt.kernels import linear as kl
+report = {}
+for tile in kl.TENSOR_CORE_TILES:
+    bm, bn, bk, warps, stages = tile
+    kl._config = lambda M, N, K, dtype, sms=0, t=tile: dict(BLOCK_M=t[0], BLOCK_N=t[1], BLOCK_K=t[2],
+                                                           GROUP_M=8, num_warps=t[3], num_stages=t[4])
+    rec = tc._Recorder()
+    cu = torch.tensor([0, 100, 300], dtype=torch.int32)
+    kl.linear(torch.zeros(320, 768, dtype=torch.float16), torch.zeros(3072, 768, dtype=torch.float16),
+              torch.zeros(3072, dtype=torch.float16), cu, "gelu", False, launch=rec)
+    kernel, args, kwargs = rec.launches[0]
+    target = GPUTarget("cuda", 90, 32)
+    try:
+        sig, const, attrs, opts = tc._jit_specialization(kernel, args, kwargs, target)
+        c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs),
+                           target=target, options=opts)
+        report[str(tile)] = "ok" if c.metadata.shared <= tc._MAX_SHARED[90] else f"shared {c.metadata.shared}"
+    except Exception as exc:
+        report[str(tile)] = f"{type(exc).__name__}: {str(exc)[:300]}"
+print(json.dumps(report))
+"""
+
+
+def test_every_linear_tile_compiles_for_sm90(tmp_path):
+    """Each tile the shape rule may pick compiles to an sm_90 cubin within its shared memory
+    (the GPU-config compile test only reaches the tiles its shapes select)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except Exception as exc:
+        pytest.skip(f"triton has no NVIDIA backend: {exc}")
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_TILES, str(ROOT / "tests")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(report) == 4 and all(v == "ok" for v in report.values()), report
