@@ -305,3 +305,57 @@ def test_every_linear_tile_compiles_for_sm90(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(report) == 4 and all(v == "ok" for v in report.values()), report
+
+
+# -- bench/gpu_check.sh: ready to run on a GPU, refuses clearly elsewhere ------------------------
+def _load_bench(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run for real")
+def test_gpu_check_script_refuses_without_cuda(tmp_path):
+    out = tmp_path / "results"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_OUT=str(out), PATH="/usr/bin:/bin")
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "refusing to run: no CUDA device is visible" in proc.stderr
+    assert torch.__version__ in proc.stderr  # says which torch it asked
+    assert not out.exists(), "nothing is written when it refuses"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name", ["gpu_micro", "gpu_check"])
+def test_gpu_bench_scripts_refuse_without_cuda(name, tmp_path, capsys):
+    mod = _load_bench(name)  # imports and compiles without a GPU
+    assert mod.main(["--out-dir", str(tmp_path / "r")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_gpu_check_goals_read_the_results(tmp_path):
+    import json
+
+    gc = _load_bench("gpu_check")
+    sync = {"syncs_per_forward": [0, 0, 0]}
+    rows = gc.goals(tmp_path, sync)
+    assert [r["measured"] for r in rows] == [None, None, None, 0]
+    assert [r["met"] for r in rows] == [None, None, None, True]
+    tier = {"results": [
+        {"model": "bert-base", "batch": 8, "avg_len_frac": 0.6, "max_len": 128, "speedup": 1.4},
+        {"model": "bert-base", "batch": 256, "avg_len_frac": 0.6, "max_len": 128, "speedup": 2.3},
+        {"model": "bert-base", "batch": 256, "avg_len_frac": 0.3, "max_len": 128, "speedup": 4.0}]}
+    (tmp_path / "e2e_tier_cuda.json").write_text(json.dumps(tier))
+    for n, ratios, share in ((2, [0.95, 0.97], 0.01), (3, [0.88, 0.93], 0.04)):
+        rec = {"config": {"boundary": {"boundary_share": share}},
+               "results": [{"measured_over_analytic": r} for r in ratios]}
+        (tmp_path / f"e2e_cascade_{n}tier_cuda.json").write_text(json.dumps(rec))
+    rows = gc.goals(tmp_path, {"syncs_per_forward": [0, 2, 0]})
+    assert [r["measured"] for r in rows] == [2.3, 0.88, 0.04, 2]
+    assert rows[0]["detail"] == "bert-base batch 256"
+    assert [r["met"] for r in rows] == [True, False, False, False]
