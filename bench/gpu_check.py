@@ -170,6 +170,21 @@ def goals(out_dir: Path, sync: dict) -> list[dict]:
     return rows
 
 
+def summarise_tests(xml_path: Path) -> dict | None:
+    """Counts and failing test ids from the GPU tests' JUnit XML (None: no file)."""
+    import xml.etree.ElementTree as ET
+
+    if not xml_path.is_file():
+        return None
+    root = ET.parse(xml_path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{c.get('classname')}::{c.get('name')}" for c in root.iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]
+    return {**counts, "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+            "failed": failed[:40]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small cascade, few runs")
@@ -204,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"graph replay: {rec['graph_replay']}", flush=True)
     if args.steps and Path(args.steps).is_file():
         rec["steps"] = [json.loads(line) for line in Path(args.steps).read_text().splitlines() if line.strip()]
+    rec["gpu_tests"] = summarise_tests(out_dir / "gpu_tests_gpu.xml")
+    print(f"GPU tests: {rec['gpu_tests']}")
     rec["goals"] = goals(out_dir, rec["sync_debug"])
     print(f"{'goal':<78}{'target':>8}{'measured':>10}  met")
     for g in rec["goals"]:

@@ -323,7 +323,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import test_triton_compile as tc
 from cascade_rt.kernels import linear as kl
-report = {}
+report, launches = {}, {}
 for tile in kl.TENSOR_CORE_TILES:
     bm, bn, bk, warps, stages = tile
     kl._config = lambda M, N, K, dtype, sms=0, t=tile: dict(BLOCK_M=t[0], BLOCK_N=t[1], BLOCK_K=t[2],
@@ -332,22 +332,35 @@ for tile in kl.TENSOR_CORE_TILES:
     cu = torch.tensor([0, 100, 300], dtype=torch.int32)
     kl.linear(torch.zeros(320, 768, dtype=torch.float16), torch.zeros(3072, 768, dtype=torch.float16),
               torch.zeros(3072, dtype=torch.float16), cu, "gelu", False, launch=rec)
-    kernel, args, kwargs = rec.launches[0]
-    target = GPUTarget("cuda", 90, 32)
+    launches[str(tile)] = rec.launches[0]
+# the sync-free variants of the other kernels: LayerNorm over live rows, attention without
+# the dead-tail zeroing
+from cascade_rt.kernels import add_layer_norm as kaln
+from cascade_rt.kernels import varlen_attention as kva
+rec = tc._Recorder()
+x = torch.zeros(320, 768, dtype=torch.float16)
+kaln.add_layer_norm(x, x, x[0], x[0], 1e-12, cu, launch=rec)
+q = torch.zeros(320, 3, 12, 64, dtype=torch.float16)
+kva.varlen_attention(q[:, 0], q[:, 1], q[:, 2], cu, 200, None, False, launch=rec)
+for kernel, args, kwargs in rec.launches:
+    launches[kernel.fn.__name__] = (kernel, args, kwargs)
+target = GPUTarget("cuda", 90, 32)
+for name, (kernel, args, kwargs) in launches.items():
     try:
         sig, const, attrs, opts = tc._jit_specialization(kernel, args, kwargs, target)
         c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs),
                            target=target, options=opts)
-        report[str(tile)] = "ok" if c.metadata.shared <= tc._MAX_SHARED[90] else f"shared {c.metadata.shared}"
+        report[name] = "ok" if c.metadata.shared <= tc._MAX_SHARED[90] else f"shared {c.metadata.shared}"
     except Exception as exc:
-        report[str(tile)] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        report[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
 print(json.dumps(report))
 """
 
 
 def test_every_linear_tile_compiles_for_sm90(tmp_path):
-    """Each tile the shape rule may pick compiles to an sm_90 cubin within its shared memory
-    (the GPU-config compile test only reaches the tiles its shapes select)."""
+    """Each tile the shape rule may pick, and the sync-free kernel variants (dead rows left
+    unwritten), compile to sm_90 cubins within shared memory (the GPU-config compile test
+    reaches only the tiles its shapes select, and the default variants)."""
     try:
         from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
     except Exception as exc:
@@ -361,7 +374,8 @@ def test_every_linear_tile_compiles_for_sm90(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(report) == 4 and all(v == "ok" for v in report.values()), report
+    assert len(report) == 6 and all(v == "ok" for v in report.values()), report
+    assert {"add_layer_norm_kernel", "varlen_attention_kernel"} <= set(report)
 
 
 # -- bench/gpu_check.sh: ready to run on a GPU, refuses clearly elsewhere ------------------------
@@ -416,3 +430,18 @@ def test_gpu_check_goals_read_the_results(tmp_path):
     assert [r["measured"] for r in rows] == [2.3, 0.88, 0.04, 2]
     assert rows[0]["detail"] == "bert-base batch 256"
     assert [r["met"] for r in rows] == [True, False, False, False]
+
+
+def test_gpu_check_reads_the_test_report(tmp_path):
+    gc = _load_bench("gpu_check")
+    assert gc.summarise_tests(tmp_path / "none.xml") is None
+    xml = tmp_path / "t.xml"
+    xml.write_text(
+        '<testsuites><testsuite tests="4" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.test_a" name="test_ok"/>'
+        '<testcase classname="tests.test_a" name="test_bad"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_b" name="test_skip"><skipped/></testcase>'
+        '<testcase classname="tests.test_b" name="test_ok2"/></testsuite></testsuites>')
+    got = gc.summarise_tests(xml)
+    assert got["passed"] == 2 and got["failures"] == 1 and got["skipped"] == 1
+    assert got["failed"] == ["tests.test_a::test_bad"]
