@@ -85,7 +85,9 @@ class _Layer(nn.Module):
             return torch.cat(ws, 0), torch.cat(bs, 0)
         fused = self._qkv_fused
         if fused is None or not (_views_of(fused[0], ws) and _views_of(fused[1], bs)):
-            with torch.no_grad():
+            # never inference tensors (a first call under inference_mode): the parameters
+            # become views of these and must stay usable, and updatable, outside it
+            with torch.inference_mode(False), torch.no_grad():
                 fused = (torch.cat([p.detach() for p in ws], 0), torch.cat([p.detach() for p in bs], 0))
             for whole, parts in zip(fused, (ws, bs)):
                 for p, view in zip(parts, whole.split([p.shape[0] for p in parts], 0)):

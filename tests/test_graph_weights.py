@@ -65,6 +65,20 @@ def test_reassigned_or_moved_parameters_fuse_again():
     _check_fused(layer, w2, b2)
 
 
+def test_first_call_under_inference_mode_leaves_normal_parameters():
+    tier = _tier(1, 16, 2, 9)
+    ids, mask, types = _padded([3, 4], seed=4)
+    with torch.inference_mode():
+        want = tier(ids, mask, types)
+    ws, bs = _qkv_params(tier.bert.encoder.layer[0])
+    assert not any(p.is_inference() for p in ws + bs)
+    with torch.no_grad():
+        ws[0].mul_(1.0)  # in place outside inference mode: refused for inference tensors
+    x = torch.randn(2, 16, requires_grad=True)
+    (x @ ws[0].t()).sum().backward()  # autograd may save them
+    torch.testing.assert_close(tier(ids, mask, types), want, rtol=0, atol=0)
+
+
 def test_save_and_reload_with_fused_views(tmp_path):
     tier = _tier(2, 24, 3, 8)
     ids, mask, types = _padded([4, 9, 1], seed=3)
