@@ -7,12 +7,12 @@
 #   3. op microbenchmarks vs torch baselines (attention vs SDPA flash/cuDNN/efficient/math,
 #      linear vs cuBLAS, add+LayerNorm, exit head native vs Triton)
 #                                                            -> bench/results/micro_ops_gpu.{json,png}
-#   4. cascade-rt bench --device cuda (one tier vs HF sdpa padded; 2- and 3-tier cascades)
-#                                                            -> bench/results/e2e_*_cuda.{json,png}
+#   4. cascade-rt bench --device cuda (one tier vs HF sdpa padded; 2- and 3-tier cascades),
+#      and the 2-tier cascade again on the sync-free path  -> bench/results/e2e_*_cuda.{json,png}
 #   5. sync-debug check, CUDA-graph replay, and the issue's goals beside the figures
 #                                                            -> bench/results/gpu_check_gpu.json
 #
-# Each step gets a share of an overall budget (GPU_CHECK_BUDGET seconds, default 460, so the
+# Each step gets a share of an overall budget (GPU_CHECK_BUDGET seconds, default 465, so the
 # whole run stays under 8 minutes); a step that runs out is stopped and recorded, and the
 # next one runs. Every JSON carries the device, the torch/triton/CUDA versions and the commit.
 # Refuses (exit 2) when no CUDA device is visible. Environment: PYTHON (default: the first of
@@ -22,7 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT=${GPU_CHECK_OUT:-$ROOT/bench/results}
-BUDGET=${GPU_CHECK_BUDGET:-460}
+BUDGET=${GPU_CHECK_BUDGET:-465}
 QUICK=${GPU_CHECK_QUICK:-0}
 START=$(date +%s)
 
@@ -95,7 +95,7 @@ if [ "${CASCADE_RT_GPU_CHECK_NO_BUILD:-0}" != "1" ] &&
    ! "$PY" -c "import sys; from cascade_rt import _C; sys.exit(0 if _C.with_cuda() else 1)" >/dev/null 2>&1; then
   if command -v nvcc >/dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ]; then
     ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
-    step build_native 120 300 env TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="${MAX_JOBS:-16}" \
+    step build_native 110 320 env TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="${MAX_JOBS:-16}" \
       CASCADE_RT_CUDA=1 "$PY" setup.py -q build_ext --inplace
   else
     printf '{"step": "build_native", "rc": null, "seconds": 0, "timeout": 0, "note": "no nvcc: native CUDA ops not built"}\n' >> "$STEPS"
@@ -104,7 +104,7 @@ fi
 "$PY" -m cascade_rt.info || true
 
 # 2. GPU-marked tests
-step gpu_tests 170 150 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider --maxfail=20 \
+step gpu_tests 150 170 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider --maxfail=20 \
   --continue-on-collection-errors --junitxml "$OUT/gpu_tests_gpu.xml" -o addopts="" -rfE 2>&1 | tail -40
 
 # 3. op microbenchmarks
@@ -115,12 +115,16 @@ step micro_ops 60 100 "$PY" bench/gpu_micro.py "${MICRO_ARGS[@]}"
 # 4. end-to-end benchmarks
 BENCH_ARGS=(bench --device cuda --out-dir "$OUT")
 [ "$QUICK" = "1" ] && BENCH_ARGS+=(--quick)
-step e2e_bench 150 40 "$PY" -m cascade_rt.cli "${BENCH_ARGS[@]}"
+step e2e_bench 130 85 "$PY" -m cascade_rt.cli "${BENCH_ARGS[@]}"
+# the same 2-tier cascade on the sync-free path (upper-bound shapes, no host reads)
+SF_ARGS=(--device cuda --sync-free --out-dir "$OUT")
+[ "$QUICK" = "1" ] && SF_ARGS+=(--quick)
+step e2e_cascade_sync_free 45 40 "$PY" bench/e2e_cascade.py "${SF_ARGS[@]}"
 
 # 5. sync-debug, CUDA-graph replay, goals
 CHECK_ARGS=(--out-dir "$OUT" --steps "$STEPS")
 [ "$QUICK" = "1" ] && CHECK_ARGS+=(--quick)
-step sync_graph_goals 45 0 "$PY" bench/gpu_check.py "${CHECK_ARGS[@]}"
+step sync_graph_goals 40 0 "$PY" bench/gpu_check.py "${CHECK_ARGS[@]}"
 
 echo "== steps (rc, seconds):"
 cat "$STEPS"

@@ -415,8 +415,8 @@ def test_gpu_check_goals_read_the_results(tmp_path):
     gc = _load_bench("gpu_check")
     sync = {"syncs_per_forward": [0, 0, 0]}
     rows = gc.goals(tmp_path, sync)
-    assert [r["measured"] for r in rows] == [None, None, None, 0]
-    assert [r["met"] for r in rows] == [None, None, None, True]
+    assert [r["measured"] for r in rows] == [None, None, None, None, 0]
+    assert [r["met"] for r in rows] == [None, None, None, None, True]
     tier = {"results": [
         {"model": "bert-base", "batch": 8, "avg_len_frac": 0.6, "max_len": 128, "speedup": 1.4},
         {"model": "bert-base", "batch": 256, "avg_len_frac": 0.6, "max_len": 128, "speedup": 2.3},
@@ -426,10 +426,12 @@ def test_gpu_check_goals_read_the_results(tmp_path):
         rec = {"config": {"boundary": {"boundary_share": share}},
                "results": [{"measured_over_analytic": r} for r in ratios]}
         (tmp_path / f"e2e_cascade_{n}tier_cuda.json").write_text(json.dumps(rec))
+    (tmp_path / "e2e_cascade_2tier_sync_free_cuda.json").write_text(
+        json.dumps({"results": [{"measured_over_analytic": 0.92}, {"measured_over_analytic": 0.99}]}))
     rows = gc.goals(tmp_path, {"syncs_per_forward": [0, 2, 0]})
-    assert [r["measured"] for r in rows] == [2.3, 0.88, 0.04, 2]
+    assert [r["measured"] for r in rows] == [2.3, 0.88, 0.92, 0.04, 2]
     assert rows[0]["detail"] == "bert-base batch 256"
-    assert [r["met"] for r in rows] == [True, False, False, False]
+    assert [r["met"] for r in rows] == [True, False, True, False, False]
 
 
 def test_gpu_check_reads_the_test_report(tmp_path):
