@@ -13,7 +13,12 @@ step, fp32 accumulation. Programs are ordered in groups of ``GROUP_M`` row block
 the column blocks together, so a group's ``x`` tiles and ``W`` tiles stay in L2. fp32 inputs
 use ``tl.dot(..., input_precision="ieee")`` (as ``varlen_attention`` does): the result keeps
 fp32 accuracy, not TF32's 10-bit mantissa, at the cost of tensor-core speed; fp16/bf16 use
-tensor cores with fp32 accumulation.
+tensor cores with fp32 accumulation, on the largest tile of :data:`TENSOR_CORE_TILES` whose
+grid still fills every SM once (small outputs get smaller tiles rather than a partial wave).
+
+Where every row is live the tier does not come here: its exact-shape path runs ``F.linear``
+(cuBLAS). The sync-free path takes this kernel from tier 0 on, because there tier 0 has dead
+slots too (the padding of the ``B x S`` batch, packed to the front on the device).
 """
 from __future__ import annotations
 
