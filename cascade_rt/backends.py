@@ -39,6 +39,8 @@ __all__ = [
     "get_backend",
     "use_backend",
     "implementation",
+    "MODEL_OPS",
+    "check_model_backend",
 ]
 
 BACKEND_NAMES = ("native", "triton", "reference")
@@ -157,6 +159,45 @@ def implementation(op: str, *args) -> tuple[str, Callable]:
         + "):\n  "
         + "\n  ".join(reasons)
     )
+
+
+#: the ops a cascade forward runs (packing, every layer, the exit decision, compaction)
+MODEL_OPS = ("pack", "varlen_attention", "add_layer_norm", "linear", "exit_head", "compact",
+             "scatter_exits")
+#: reference ops that read data back to the host (a device sync on CUDA)
+_REFERENCE_HOST_READS = ("varlen_attention",)
+
+
+def check_model_backend(device: torch.device, sync_free: bool = False) -> None:
+    """Refuse, before any work, a forced backend that cannot run a whole forward on ``device``.
+
+    Nothing to check when no backend is forced. A forced backend that lacks some of
+    :data:`MODEL_OPS` on this device (the native extension has no CUDA ``varlen_attention``
+    or ``linear``) raises one ``NotImplementedError`` naming the missing ops, instead of
+    failing at the first layer; so does ``reference`` on CUDA in sync-free mode, whose
+    attention reads row bounds back to the host (a device sync).
+    """
+    if _forced is None:
+        return
+    how = f"CASCADE_RT_BACKEND={_forced} (or use_backend({_forced!r}))"
+    mod = _module(_forced)
+    if mod is None:
+        raise NotImplementedError(f"{how}: the {_forced} backend is not available ({_errors[_forced]})")
+    missing_fn = getattr(mod, "missing_ops", None)
+    missing = [op for op in MODEL_OPS if op not in getattr(mod, "OPS", {})]
+    if missing_fn is not None:
+        missing += [op for op in missing_fn(device) if op not in missing]
+    if missing:
+        raise NotImplementedError(
+            f"{how} cannot run a model on {device}: it has no {device.type} "
+            f"{', '.join(missing)}; force another backend or leave the choice automatic"
+        )
+    if _forced == "reference" and sync_free and device.type == "cuda":
+        raise NotImplementedError(
+            f"{how} cannot run the sync-free forward on {device}: the reference "
+            f"{', '.join(_REFERENCE_HOST_READS)} reads row bounds back to the host (a device sync); "
+            "force triton, leave the choice automatic, or set sync_free = False"
+        )
 
 
 def dispatch(op: str, *args):

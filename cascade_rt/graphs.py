@@ -14,8 +14,10 @@ results dropped; columns past ``S`` are padding. Outputs are in input row order,
 ``model(input_ids, attention_mask)`` gives them.
 
 What a graph fixes at capture: the thresholds (changing ``model.thresholds`` afterwards is an
-error: capture again), the weights' storage (update weights in place, never re-assign them),
-and the device. Input values are checked on the device (``torch._assert_async``); a failed
+error: capture again), the weights' storage (update weights in place, e.g. with
+``load_state_dict``: a replay then computes with the new values, the fused query/key/value
+weight included, since the three parameters view it; never re-assign or move them), and the
+device (capture and replay run under it, whichever device is current). Input values are checked on the device (``torch._assert_async``); a failed
 check aborts the CUDA context, as any device assert does.
 
 On a CPU model the same object runs the forward eagerly on the same fixed-shape buffers
@@ -77,6 +79,11 @@ class CapturedCascade:
         return self.model(self.input_ids, self.attention_mask, self.token_type_ids)
 
     def _capture(self, warmup: int, pool) -> None:
+        # the graph records on the current device's streams: make that the model's device
+        with torch.cuda.device(self.device):
+            self._capture_on_device(warmup, pool)
+
+    def _capture_on_device(self, warmup: int, pool) -> None:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -143,7 +150,8 @@ class CapturedCascade:
         if token_type_ids is not None:
             self.token_type_ids[:B, :S].copy_(token_type_ids)
         if self.graph is not None:
-            self.graph.replay()
+            with torch.cuda.device(self.device):  # replay on the model's device's current stream
+                self.graph.replay()
             out = self._out
         else:
             out = self._forward()

@@ -84,8 +84,14 @@ def _(tokens, cu_seqlens, max_seqlen):
 
 
 # -- the public op names ---------------------------------------------------------------------
-def _varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+def _varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, zero_dead=True):
+    # the kernel always zeroes the dead slots (allowed whatever zero_dead says)
     return _ops.varlen_attention(q, k, v, cu_seqlens, int(max_seqlen), softmax_scale)
+
+
+def _add_layer_norm(x, residual, weight, bias, eps, cu_seqlens=None):
+    # the kernel normalises every row (dead rows are unspecified, so that is allowed)
+    return _ops.add_layer_norm(x, residual, weight, bias, eps)
 
 
 def _scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, out_confidence, out_tier):
@@ -100,7 +106,7 @@ from .reference import linear_ref as _linear  # noqa: E402
 
 OPS = {
     "varlen_attention": _varlen_attention,
-    "add_layer_norm": _ops.add_layer_norm,
+    "add_layer_norm": _add_layer_norm,
     "exit_head": _ops.exit_head,
     "compact": _ops.compact,
     "scatter_exits": _scatter_exits,
@@ -111,6 +117,15 @@ OPS = {
 
 # ops with a CUDA kernel in csrc/cuda (the others are CPU only)
 _CUDA_OPS = frozenset({"add_layer_norm", "exit_head", "compact", "scatter_exits", "pack", "unpack"})
+
+
+def missing_ops(device: torch.device) -> tuple[str, ...]:
+    """The ops of ``OPS`` this backend cannot run on ``device`` (whatever the arguments)."""
+    if device.type == "cpu":
+        return ()
+    if device.type == "cuda":
+        return tuple(op for op in OPS if not (_WITH_CUDA and op in _CUDA_OPS))
+    return tuple(OPS)
 
 
 def _tensors(args):
@@ -151,6 +166,8 @@ def why_not(op: str, *args) -> str | None:
         x, r, w, b = args[:4]
         if x.dim() != 2 or r.shape != x.shape or r.dtype != x.dtype:
             return "x and residual must be (N, H) of one dtype"
+        if len(args) > 5 and args[5] is not None and args[5].dtype != torch.int32:
+            return "cu_seqlens must be int32"
         return _float("x", x) or _float("weight", w) or _float("bias", b)
     if op == "exit_head":
         for name, t in zip(("cls_hidden", "pooler_w", "pooler_b", "cls_w", "cls_b"), args[:5]):

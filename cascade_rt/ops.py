@@ -36,6 +36,7 @@ def varlen_attention(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float | None = None,
+    zero_dead: bool = True,
 ) -> torch.Tensor:
     """Bidirectional multi-head attention within each packed sequence, no padding.
 
@@ -45,11 +46,16 @@ def varlen_attention(
         max_seqlen: host int, an upper bound of every sequence length (never read back
             from the device).
         softmax_scale: defaults to ``1/sqrt(D)``.
+        zero_dead: token slots past ``cu_seqlens[-1]`` are written as 0 (default); with
+            False a backend may leave them unwritten (the sync-free tier never reads them).
 
     Returns:
-        (T, H, D) in q's dtype, newly allocated; token slots past ``cu_seqlens[-1]`` are 0.
+        (T, H, D) in q's dtype, newly allocated; token slots past ``cu_seqlens[-1]`` are 0
+        (unspecified with ``zero_dead=False``).
     """
-    return dispatch("varlen_attention", q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+    if zero_dead:
+        return dispatch("varlen_attention", q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+    return dispatch("varlen_attention", q, k, v, cu_seqlens, max_seqlen, softmax_scale, False)
 
 
 def add_layer_norm(
@@ -58,6 +64,7 @@ def add_layer_norm(
     weight: torch.Tensor,
     bias: torch.Tensor,
     eps: float,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``LayerNorm(x + residual) * weight + bias`` over the last dim, fp32 statistics.
 
@@ -65,11 +72,16 @@ def add_layer_norm(
         x, residual: (N, H), same float dtype.
         weight, bias: (H,).
         eps: LayerNorm epsilon.
+        cu_seqlens: optional (B+1,), int32, on x's device: only rows ``< cu_seqlens[-1]``
+            (a count read on the device) are live; a backend may leave the others unwritten
+            (the sync-free tier's upper-bound shapes).
 
     Returns:
-        (N, H) in x's dtype, newly allocated.
+        (N, H) in x's dtype, newly allocated; rows ``>= cu_seqlens[-1]`` unspecified.
     """
-    return dispatch("add_layer_norm", x, residual, weight, bias, eps)
+    if cu_seqlens is None:
+        return dispatch("add_layer_norm", x, residual, weight, bias, eps)
+    return dispatch("add_layer_norm", x, residual, weight, bias, eps, cu_seqlens)
 
 
 def exit_head(
@@ -164,6 +176,7 @@ def linear(
     bias: torch.Tensor | None,
     cu_seqlens: torch.Tensor,
     activation: str = "none",
+    zero_dead: bool = True,
 ) -> torch.Tensor:
     """``act(x @ weight^T + bias)`` on the live rows of a packed batch; dead rows are 0.
 
@@ -179,9 +192,13 @@ def linear(
         cu_seqlens: (B+1,), int32: rows ``>= cu_seqlens[-1]`` are dead.
         activation: ``"none"``, ``"gelu"`` (erf), ``"gelu_tanh"`` (tanh approximation) or
             ``"relu"``, applied in fp32 before the cast to x's dtype.
+        zero_dead: rows ``>= cu_seqlens[-1]`` are written as exact zeros (default); with
+            False a backend may leave them unwritten (no memory traffic for dead rows).
 
     Returns:
         (T, N) in x's dtype, newly allocated; accumulation in fp32; rows
-        ``>= cu_seqlens[-1]`` exactly 0.
+        ``>= cu_seqlens[-1]`` exactly 0 (unspecified with ``zero_dead=False``).
     """
-    return dispatch("linear", x, weight, bias, cu_seqlens, activation)
+    if zero_dead:
+        return dispatch("linear", x, weight, bias, cu_seqlens, activation)
+    return dispatch("linear", x, weight, bias, cu_seqlens, activation, False)

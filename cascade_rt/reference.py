@@ -57,12 +57,14 @@ def varlen_attention_ref(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float | None = None,
+    zero_dead: bool = True,
 ) -> torch.Tensor:
     """Bidirectional attention inside each packed sequence.
 
     q, k, v: (T, H, D), same float dtype (computed in fp32, or fp64 for fp64 input).
     cu_seqlens: (B+1,), int32.  max_seqlen: upper
     bound of any sequence length (unused here; kept for the shared signature).
+    zero_dead: accepted for the op's signature; dead slots are always zero here.
     Returns (T, H, D) in q's dtype; dead token slots are zero.
     """
     if softmax_scale is None:
@@ -88,10 +90,13 @@ def add_layer_norm_ref(
     weight: torch.Tensor,
     bias: torch.Tensor,
     eps: float,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``LayerNorm(x + residual)`` over the last dim with fp32 statistics.
 
     x, residual: (N, H), same dtype.  weight, bias: (H,).  Returns (N, H) in x's dtype.
+    cu_seqlens: optional (B+1,) int32 marking rows ``>= cu_seqlens[-1]`` dead; the
+    reference computes every row anyway (dead rows are unspecified by the op).
     """
     acc = torch.promote_types(x.dtype, torch.float32)
     h = x.to(acc) + residual.to(acc)
@@ -222,7 +227,8 @@ def pack_ref(
 def unpack_ref(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """Packed ``(T, ...)`` back to padded ``(B, max_seqlen, ...)``, zeros in the padding.
 
-    Rows longer than ``max_seqlen`` are cut.  No host sync.
+    Rows longer than ``max_seqlen`` are cut; a slot past the ``T`` tokens (malformed
+    ``cu_seqlens``) reads as zero.  No host sync.
     """
     B = cu_seqlens.shape[0] - 1
     dev = tokens.device
@@ -231,6 +237,7 @@ def unpack_ref(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) 
     lens = cu[1:] - cu[:-1]
     live = col[None, :] < lens[:, None]
     src = torch.where(live, cu[:-1, None] + col[None, :], torch.zeros_like(col)[None, :])
+    live = live & (src < tokens.shape[0])
     src = src.clamp(max=max(tokens.shape[0] - 1, 0))
     if tokens.shape[0] == 0:
         return tokens.new_zeros((B, max_seqlen) + tuple(tokens.shape[1:]))
@@ -261,12 +268,14 @@ def linear_ref(
     bias: torch.Tensor | None,
     cu_seqlens: torch.Tensor,
     activation: str = "none",
+    zero_dead: bool = True,
 ) -> torch.Tensor:
     """``act(x @ weight^T + bias)`` on the live rows, zeros on the dead ones.
 
     x: (T, K).  weight: (N, K) (``nn.Linear`` layout).  bias: (N,) or None.
     cu_seqlens: (B+1,), int32: rows ``>= cu_seqlens[-1]`` are dead.  activation: one of
-    :data:`LINEAR_ACTIVATIONS`. Computed in fp32 (fp64 for fp64 input) and cast back.
+    :data:`LINEAR_ACTIVATIONS`.  zero_dead: accepted for the op's signature; the reference
+    always writes the dead rows as zeros (allowed either way). Computed in fp32 (fp64 for fp64 input) and cast back.
     Returns (T, N) in x's dtype. No host sync (the live count is compared on the device).
     """
     acc = torch.promote_types(x.dtype, torch.float32)

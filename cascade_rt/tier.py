@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import backends, ops
 from .config import TierConfig
 from .inputs import PackedBatch, prepare_inputs
 from .reference import token_row_ids_ref
@@ -64,23 +64,52 @@ class _Layer(nn.Module):
         self.attention = _Attention(cfg)
         self.intermediate = _Dense(cfg.hidden_size, cfg.intermediate_size)
         self.output = _DenseLayerNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
-        self._qkv_cache: tuple | None = None
+        self._qkv_fused: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query/key/value weights fused to (3H, H) and (3H,); rebuilt when any of them changes."""
+        """Query/key/value weights fused: (3H, H) weight and (3H,) bias, one storage each.
+
+        The first call copies the three projections into one weight and one bias and makes
+        each parameter a view of its slice (``param.data`` points into the fused storage).
+        In-place updates of the parameters (``load_state_dict``, ``p.copy_``, ``p.data.mul_``)
+        then land in the fused tensors themselves: nothing is copied per call, and a CUDA
+        graph that captured them replays with the updated weights. Re-assigning a parameter
+        or moving the module (``.to()``) breaks the views; the next call fuses again (a new
+        storage, which a graph captured before does not see).
+        """
         sa = getattr(self.attention, "self")
-        params = (sa.query.weight, sa.key.weight, sa.value.weight, sa.query.bias, sa.key.bias, sa.value.bias)
+        ws = (sa.query.weight, sa.key.weight, sa.value.weight)
+        bs = (sa.query.bias, sa.key.bias, sa.value.bias)
         if torch.compiler.is_compiling():
-            # the cache check compares data pointers, which torch.compile cannot trace; the
-            # concatenation is a few weight-sized copies that the compiler may hoist
-            return torch.cat(params[:3], 0), torch.cat(params[3:], 0)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._qkv_cache is None or self._qkv_cache[0] != key:
-            with torch.no_grad():
-                w = torch.cat(params[:3], 0)
-                b = torch.cat(params[3:], 0)
-            self._qkv_cache = (key, w, b)
-        return self._qkv_cache[1], self._qkv_cache[2]
+            # data pointers cannot be traced; the compiler may hoist these weight-sized copies
+            return torch.cat(ws, 0), torch.cat(bs, 0)
+        fused = self._qkv_fused
+        if fused is None or not (_views_of(fused[0], ws) and _views_of(fused[1], bs)):
+            # never inference tensors (a first call under inference_mode): the parameters
+            # become views of these and must stay usable, and updatable, outside it
+            with torch.inference_mode(False), torch.no_grad():
+                fused = (torch.cat([p.detach() for p in ws], 0), torch.cat([p.detach() for p in bs], 0))
+            for whole, parts in zip(fused, (ws, bs)):
+                for p, view in zip(parts, whole.split([p.shape[0] for p in parts], 0)):
+                    p.data = view
+            self._qkv_fused = fused
+        return fused
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.half()/.cuda() give each parameter its own storage: drop the old fused one
+        self._qkv_fused = None
+        return super()._apply(fn, recurse)
+
+
+def _views_of(whole: torch.Tensor, parts) -> bool:
+    """Whether ``parts`` are, in order, the contiguous row slices that make up ``whole``."""
+    ptr, step = whole.data_ptr(), whole.element_size()
+    for p in parts:
+        if (p.data_ptr() != ptr or p.dtype != whole.dtype or p.device != whole.device
+                or not p.is_contiguous()):
+            return False
+        ptr += p.numel() * step
+    return ptr == whole.data_ptr() + whole.numel() * step
 
 
 class _Encoder(nn.Module):
@@ -179,6 +208,7 @@ class Tier(nn.Module):
             hidden states (T, hidden_size) in the tier's dtype; with ``sync_free``, rows past
             ``cu_seqlens[-1]`` hold no meaningful values.
         """
+        backends.check_model_backend(input_ids.device, sync_free)
         x = self.embed(input_ids, token_type_ids, cu_seqlens)
         for i in range(self.config.num_hidden_layers):
             x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)
@@ -195,8 +225,9 @@ class Tier(nn.Module):
         pos = torch.arange(T, device=input_ids.device) - starts[row]
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
         x = emb.word_embeddings(input_ids) + emb.position_embeddings(pos)
+        # slots past cu_seqlens[-1] are dead: the LayerNorm may skip them (none on exact shapes)
         return ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
-                                  emb.LayerNorm.bias, cfg.layer_norm_eps)
+                                  emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
 
     def run_layer(
         self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
@@ -207,8 +238,9 @@ class Tier(nn.Module):
         ``sync_free=False`` (exact shapes, ``T`` about the live token count): the four dense
         layers run as ``F.linear`` (cuBLAS). ``sync_free=True`` (``T`` an upper bound, the
         live count ``cu_seqlens[-1]`` only on the device): they run as
-        :func:`cascade_rt.ops.linear`, which skips the dead rows (and writes them as 0), with
-        the intermediate activation fused, so the GEMMs shrink as rows exit.
+        :func:`cascade_rt.ops.linear`, which skips the dead rows (and leaves them unwritten),
+        with the intermediate activation fused, so the GEMMs shrink as rows exit; attention
+        and the LayerNorms skip the dead rows too.
         """
         cfg = self.config
         layer = self.bert.encoder.layer[i]
@@ -217,21 +249,23 @@ class Tier(nn.Module):
 
         def dense(t, weight, bias, act="none"):
             if sync_free:
-                return ops.linear(t, weight, bias, cu_seqlens, act)
+                return ops.linear(t, weight, bias, cu_seqlens, act, zero_dead=False)
             y = F.linear(t, weight, bias)
             return y if act == "none" else self._act(y)
 
         w_qkv, b_qkv = layer.qkv_weights()
         qkv = dense(x, w_qkv, b_qkv).view(T, 3, H, D)
-        ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D))
+        ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D),
+                                   zero_dead=not sync_free)
+        live = cu_seqlens if sync_free else None
         ao = layer.attention.output
         attn = dense(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
-        x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps)
+        x = ops.add_layer_norm(attn, x, ao.LayerNorm.weight, ao.LayerNorm.bias, cfg.layer_norm_eps, live)
         inter = layer.intermediate.dense
         h = dense(x, inter.weight, inter.bias, self._act_name)
         fo = layer.output
         h = dense(h, fo.dense.weight, fo.dense.bias)
-        return ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps)
+        return ops.add_layer_norm(h, x, fo.LayerNorm.weight, fo.LayerNorm.bias, cfg.layer_norm_eps, live)
 
     @staticmethod
     def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ Runs on CUDA tensors, and on CPU tensors only under the Triton interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported). Importing this module fails
 (and the backend loader records why) when Triton is missing; it never initialises CUDA.
 """
+import contextlib
 import math
 from typing import Optional
 
@@ -36,20 +37,31 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _register = custom_op if _common.INTERPRET else triton_op
 
 
+def _on_device(t: torch.Tensor):
+    """A Triton launch goes to the *current* CUDA device and its current stream: make that the
+    tensors' device (a model on ``cuda:1`` while ``cuda:0`` is current, a capture on a side
+    stream of ``cuda:1``). A no-op context for CPU tensors (the interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 # -- registered ops -----------------------------------------------------------------------------
 @_register(f"{NAMESPACE}::varlen_attention", mutates_args=())
 def _varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-    max_seqlen: int, softmax_scale: Optional[float] = None,
+    max_seqlen: int, softmax_scale: Optional[float] = None, zero_dead: bool = True,
 ) -> torch.Tensor:
-    return _va.varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale, launch=wrap_triton)
+    with _on_device(q):
+        return _va.varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale, zero_dead,
+                                    launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::add_layer_norm", mutates_args=())
 def _add_layer_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+    cu_seqlens: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    return _aln.add_layer_norm(x, residual, weight, bias, eps, launch=wrap_triton)
+    with _on_device(x):
+        return _aln.add_layer_norm(x, residual, weight, bias, eps, cu_seqlens, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::exit_head", mutates_args=())
@@ -64,7 +76,8 @@ def _exit_head(
 def _compact(
     exit_mask: torch.Tensor, tokens: torch.Tensor, cu_seqlens: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _cp.compact(exit_mask, tokens, cu_seqlens, launch=wrap_triton)
+    with _on_device(tokens):
+        return _cp.compact(exit_mask, tokens, cu_seqlens, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::scatter_exits",
@@ -74,37 +87,41 @@ def _scatter_exits(
     confidence: torch.Tensor, tier: int, out_logits: torch.Tensor,
     out_confidence: torch.Tensor, out_tier: torch.Tensor,
 ) -> None:
-    _cp.scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits,
-                      out_confidence, out_tier, launch=wrap_triton)
+    with _on_device(out_logits):
+        _cp.scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits,
+                          out_confidence, out_tier, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::pack", mutates_args=())
 def _pack(padded: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pk.pack(padded, attention_mask, launch=wrap_triton)
+    with _on_device(padded):
+        return _pk.pack(padded, attention_mask, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::unpack", mutates_args=())
 def _unpack(tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-    return _pk.unpack(tokens, cu_seqlens, max_seqlen, launch=wrap_triton)
+    with _on_device(tokens):
+        return _pk.unpack(tokens, cu_seqlens, max_seqlen, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::linear", mutates_args=())
 def _linear(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
-    activation: str = "none",
+    activation: str = "none", zero_dead: bool = True,
 ) -> torch.Tensor:
-    return _ln.linear(x, weight, bias, cu_seqlens, activation, launch=wrap_triton)
+    with _on_device(x):
+        return _ln.linear(x, weight, bias, cu_seqlens, activation, zero_dead, launch=wrap_triton)
 
 
 # Fake (meta) implementations: outputs' shapes and dtypes only, no launch (under the Triton
 # interpreter a launch would try to run the kernel on fake tensors).
 @_varlen_attention.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, zero_dead=True):
     return q.new_empty(q.shape)
 
 
 @_add_layer_norm.register_fake
-def _(x, residual, weight, bias, eps):
+def _(x, residual, weight, bias, eps, cu_seqlens=None):
     return x.new_empty(x.shape)
 
 
@@ -141,17 +158,18 @@ def _(tokens, cu_seqlens, max_seqlen):
 
 
 @_linear.register_fake
-def _(x, weight, bias, cu_seqlens, activation="none"):
+def _(x, weight, bias, cu_seqlens, activation="none", zero_dead=True):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-def varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+def varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, zero_dead=True):
     return torch.ops.cascade_rt_triton.varlen_attention(
-        q, k, v, cu_seqlens, int(max_seqlen), None if softmax_scale is None else float(softmax_scale))
+        q, k, v, cu_seqlens, int(max_seqlen), None if softmax_scale is None else float(softmax_scale),
+        bool(zero_dead))
 
 
-def add_layer_norm(x, residual, weight, bias, eps):
-    return torch.ops.cascade_rt_triton.add_layer_norm(x, residual, weight, bias, float(eps))
+def add_layer_norm(x, residual, weight, bias, eps, cu_seqlens=None):
+    return torch.ops.cascade_rt_triton.add_layer_norm(x, residual, weight, bias, float(eps), cu_seqlens)
 
 
 def exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
@@ -177,8 +195,9 @@ def unpack(tokens, cu_seqlens, max_seqlen):
     return torch.ops.cascade_rt_triton.unpack(tokens, cu_seqlens, int(max_seqlen))
 
 
-def linear(x, weight, bias, cu_seqlens, activation="none"):
-    return torch.ops.cascade_rt_triton.linear(x, weight, bias, cu_seqlens, str(activation))
+def linear(x, weight, bias, cu_seqlens, activation="none", zero_dead=True):
+    return torch.ops.cascade_rt_triton.linear(x, weight, bias, cu_seqlens, str(activation),
+                                              bool(zero_dead))
 
 
 OPS = {
@@ -237,7 +256,7 @@ def _first(*reasons) -> Optional[str]:
     return None
 
 
-def _why_varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+def _why_varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, zero_dead=True):
     r = _device_reason((q, k, v, cu_seqlens))
     if r:
         return r
@@ -258,8 +277,8 @@ def _why_varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     return None
 
 
-def _why_add_layer_norm(x, residual, weight, bias, eps):
-    r = _device_reason((x, residual, weight, bias))
+def _why_add_layer_norm(x, residual, weight, bias, eps, cu_seqlens=None):
+    r = _device_reason((x, residual, weight, bias) + (() if cu_seqlens is None else (cu_seqlens,)))
     if r:
         return r
     if x.dim() != 2:
@@ -277,7 +296,7 @@ def _why_add_layer_norm(x, residual, weight, bias, eps):
             return r
     if H > _aln.MAX_HIDDEN:
         return f"hidden size {H} > {_aln.MAX_HIDDEN}"
-    return None
+    return None if cu_seqlens is None else _cu_reason(cu_seqlens)
 
 
 def _why_exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
@@ -385,7 +404,7 @@ def _why_unpack(tokens, cu_seqlens, max_seqlen):
     return _bits_reason("tokens", tokens)
 
 
-def _why_linear(x, weight, bias, cu_seqlens, activation="none"):
+def _why_linear(x, weight, bias, cu_seqlens, activation="none", zero_dead=True):
     r = _device_reason((x, weight, cu_seqlens) + (() if bias is None else (bias,)))
     if r:
         return r

@@ -3,7 +3,9 @@
 ``pack``: the row lengths (a sum over the right-padded mask) and their prefix sum are two
 PyTorch ops; one program per (row, ``BLOCK_S`` columns) then copies the live tokens to their
 packed slots, and slots past the live total are zeroed. ``unpack``: one program per (row,
-``BLOCK_S`` columns) of the padded output reads its packed token or writes zero. Values of
+``BLOCK_S`` columns) of the padded output reads its packed token or writes zero (also for a
+slot past the ``T`` tokens there are, which malformed ``cu_seqlens`` would point to: never
+read out of bounds). Values of
 any dtype move as raw bits (an integer type of the same width).
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ def pack_kernel(src_ptr, out_ptr, cu_ptr, S, K, NT, B,
 
 
 @triton.jit
-def unpack_kernel(tok_ptr, out_ptr, cu_ptr, L, K,
+def unpack_kernel(tok_ptr, out_ptr, cu_ptr, L, K, T,
                   BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
@@ -49,7 +51,7 @@ def unpack_kernel(tok_ptr, out_ptr, cu_ptr, L, K,
     start = tl.load(cu_ptr + b).to(tl.int64)
     n = tl.load(cu_ptr + b + 1).to(tl.int64) - start
     col_ok = cols < L
-    live = (cols < n)[:, None] & k_ok[None, :]
+    live = ((cols < n) & (start + cols < T))[:, None] & k_ok[None, :]
     vals = tl.load(tok_ptr + (start + cols)[:, None] * K + ks[None, :], mask=live, other=0)
     tl.store(out_ptr + (b * L + cols)[:, None] * K + ks[None, :], vals,
              mask=col_ok[:, None] & k_ok[None, :])
@@ -131,7 +133,7 @@ def unpack(
     block_s, block_k = _cfg(L, K)
     kernel = unpack_kernel if launch is None else launch(unpack_kernel)
     kernel[(B, triton.cdiv(L, block_s))](
-        src.view(bits), out.view(B * L, K).view(bits), cu_seqlens.contiguous(), L, K,
+        src.view(bits), out.view(B * L, K).view(bits), cu_seqlens.contiguous(), L, K, src.shape[0],
         BLOCK_S=block_s, BLOCK_K=block_k,
     )
     return out

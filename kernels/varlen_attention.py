@@ -5,7 +5,8 @@ and values in ``BLOCK_N`` tiles with an online softmax (running max and sum in f
 attention matrix is never stored. Programs of zero-length (dead) rows and of query blocks
 past their sequence's end return at once. q, k and v are taken with their own strides, so
 the strided views of one fused QKV projection ``(T, 3, H, D)`` need no copy. A second small
-kernel zeroes the dead token slots past ``cu_seqlens[-1]``.
+kernel zeroes the dead token slots past ``cu_seqlens[-1]`` (skipped with ``zero_dead=False``:
+the sync-free tier never reads them).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def varlen_attention_kernel(
     d_ok = offs_d < D
     q = tl.load(q_ptr + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    # fold the scale and log2(e) into q once; exp2 below
+    # the softmax scale and log2(e) as one factor on each score tile; exp2 below
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -117,6 +118,7 @@ def varlen_attention(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float | None = None,
+    zero_dead: bool = True,
     out: torch.Tensor | None = None,
     launch=None,
 ) -> torch.Tensor:
@@ -124,9 +126,10 @@ def varlen_attention(
 
     q, k, v: (T, H, D), float32/float16/bfloat16, any token and head strides (unit last-dim
     stride avoids a copy).  cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of every
-    sequence length.  out: optional contiguous (T, H, D) in q's dtype, written in full.
+    sequence length.  zero_dead: zero the token slots past ``cu_seqlens[-1]`` (True) or leave
+    them unwritten (False).  out: optional contiguous (T, H, D) in q's dtype.
     launch: wraps the kernels for launching (``torch.library.wrap_triton``).
-    Returns (T, H, D) in q's dtype, zero past ``cu_seqlens[-1]``.
+    Returns (T, H, D) in q's dtype, zero past ``cu_seqlens[-1]`` with ``zero_dead``.
     """
     T, H, D = q.shape
     B = cu_seqlens.shape[0] - 1
@@ -148,6 +151,8 @@ def varlen_attention(
             out.stride(0), out.stride(1),
             IEEE_FP32=q.dtype == torch.float32, **cfg,
         )
+    if not zero_dead:
+        return out
     W = H * D
     block_w = next_pow2(min(W, 1024))
     block_t = next_pow2(min(T, max(1, (16384 if INTERPRET else 2048) // block_w)))

@@ -227,7 +227,7 @@ class _HostReads(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _padded_varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+def _padded_varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, zero_dead=True):
     """Sync-free varlen attention for this test: gather to (B, max_seqlen), masked SDPA,
     scatter back. (The reference op walks rows on the host; the fast backends do not.)"""
     T, H, D = q.shape

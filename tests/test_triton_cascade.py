@@ -65,14 +65,14 @@ def _gap_threshold(conf):
 @pytest.fixture
 def linear_calls(monkeypatch):
     """Records each Triton linear call (dispatch looks the op up in ``OPS`` at each call) as
-    (rows, live rows); checks that its output's dead rows are exactly zero."""
+    (rows, live rows); checks that the sync-free tier asks it to leave dead rows unwritten."""
     calls = []
     orig = tb.OPS["linear"]
 
-    def spy(x, weight, bias, cu_seqlens, activation):
-        y = orig(x, weight, bias, cu_seqlens, activation)
+    def spy(x, weight, bias, cu_seqlens, activation, zero_dead=True):
+        y = orig(x, weight, bias, cu_seqlens, activation, zero_dead)
         n_live = int(cu_seqlens[-1])
-        assert (y[n_live:] == 0).all(), "dead rows of a sync-free linear must be zero"
+        assert not zero_dead, "the sync-free tier has no use for zeros in the dead rows"
         calls.append((x.shape[0], n_live))
         return y
 

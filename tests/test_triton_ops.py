@@ -375,7 +375,7 @@ def test_linear_many_tiles_grouped_order(monkeypatch, K, n_live):
     ragged last group (7 row blocks in groups of 3), several K steps (even and not), whole
     dead row blocks and a partly live one."""
     cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=3)
-    monkeypatch.setattr(k_linear_mod, "_config", lambda M, N, K, dtype: dict(cfg))
+    monkeypatch.setattr(k_linear_mod, "_config", lambda M, N, K, dtype, *sms: dict(cfg))
     _check_linear(*_linear_args(100, K, 50, torch.float32), n_live, "gelu")
 
 
