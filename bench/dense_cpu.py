@@ -22,7 +22,7 @@ import common  # noqa: E402
 from cascade_rt.dense import dense, set_onednn  # noqa: E402
 
 WIDTHS = {"minilm": 384, "bert-base": 768}
-ROWS = (1, 10, 32, 128, 512, 2000, 6000)
+ROWS = (1, 2, 4, 10, 32, 128, 512, 2000, 6000)
 
 
 def layers(h: int) -> list[tuple[str, int, int, str]]:

@@ -6,7 +6,7 @@ of its time on a CPU. ATen's ``F.linear`` runs them through the BLAS torch was b
 AMD EPYC machines this project is measured on (``bench/dense_cpu.py`` prints both). So on the
 CPU, for float32 (and bfloat16 where the CPU has native bf16 dot products), :func:`dense` runs
 oneDNN's matmul with the bias and the activation fused in its epilogue
-(``torch.ops.mkldnn._linear_pointwise``); elsewhere (CUDA: cuBLAS; other dtypes) it is
+(``torch.ops.mkldnn._linear_pointwise``) for three rows or more; elsewhere (CUDA: cuBLAS; other dtypes) it is
 ``F.linear`` followed by the activation. :func:`dense_ref` is the oracle.
 
 The choice is made once per (device type, dtype) and cached; ``CASCADE_RT_ONEDNN=0`` turns the
@@ -30,6 +30,9 @@ ONEDNN_ACTIVATIONS = {
     "gelu": ("gelu", "none"),
     "gelu_tanh": ("gelu", "tanh"),
 }
+
+#: below this many rows ATen's GEMV-like path is as fast or faster (``bench/dense_cpu.py``)
+ONEDNN_MIN_ROWS = 3
 
 _enabled = os.environ.get("CASCADE_RT_ONEDNN", "1") != "0"
 _choice: dict[tuple[str, torch.dtype], str] = {}
@@ -85,7 +88,8 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     Returns:
         (M, N) in x's dtype, newly allocated. fp32 accumulation on every path.
     """
-    if dense_impl(x.device.type, x.dtype) == "onednn" and weight.dtype == x.dtype and x.dim() == 2:
+    if (x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS and weight.dtype == x.dtype
+            and dense_impl(x.device.type, x.dtype) == "onednn"):
         attr, algo = ONEDNN_ACTIVATIONS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algo)
     y = F.linear(x, weight, bias)

@@ -14,7 +14,7 @@ from cascade_rt import dense as dense_mod
 from cascade_rt.dense import dense, dense_impl, dense_ref, set_onednn
 from cascade_rt.reference import LINEAR_ACTIVATIONS
 
-SHAPES = [(0, 7, 5), (1, 1, 1), (1, 384, 1152), (7, 33, 17), (33, 96, 200), (130, 200, 96)]
+SHAPES = [(0, 7, 5), (1, 1, 1), (1, 384, 1152), (3, 5, 2), (7, 33, 17), (33, 96, 200), (130, 200, 96)]
 
 
 def _bound(x, w, b, dtype):
