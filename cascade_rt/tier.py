@@ -15,6 +15,7 @@ from torch import nn
 
 from . import backends, ops
 from .config import TierConfig
+from .dense import dense as dense_layer
 from .inputs import PackedBatch, prepare_inputs
 from .reference import token_row_ids_ref
 
@@ -236,7 +237,8 @@ class Tier(nn.Module):
         """Encoder layer ``i`` on packed hidden states (T, hidden) -> (T, hidden).
 
         ``sync_free=False`` (exact shapes, ``T`` about the live token count): the four dense
-        layers run as ``F.linear`` (cuBLAS). ``sync_free=True`` (``T`` an upper bound, the
+        layers run as :func:`cascade_rt.dense.dense` (cuBLAS on CUDA, oneDNN with the
+        activation fused on the CPU). ``sync_free=True`` (``T`` an upper bound, the
         live count ``cu_seqlens[-1]`` only on the device): they run as
         :func:`cascade_rt.ops.linear`, which skips the dead rows (and leaves them unwritten),
         with the intermediate activation fused, so the GEMMs shrink as rows exit; attention
@@ -250,8 +252,7 @@ class Tier(nn.Module):
         def dense(t, weight, bias, act="none"):
             if sync_free:
                 return ops.linear(t, weight, bias, cu_seqlens, act, zero_dead=False)
-            y = F.linear(t, weight, bias)
-            return y if act == "none" else self._act(y)
+            return dense_layer(t, weight, bias, act)
 
         w_qkv, b_qkv = layer.qkv_weights()
         qkv = dense(x, w_qkv, b_qkv).view(T, 3, H, D)

@@ -1,0 +1,82 @@
+"""The exact-path dense layer on the CPU: oneDNN (bias + activation fused) against ATen's F.linear.
+
+For the four dense layers of a BERT encoder layer (QKV, attention output, intermediate with
+GELU, output) at MiniLM (384 wide) and BERT-base (768 wide) shapes, and row counts from one
+token to a large packed batch, times ``cascade_rt.dense.dense`` with oneDNN and with ATen
+(``F.linear`` then the activation: what a tier ran before), interleaved, and prints GFLOP/s
+and the ratio. Writes ``bench/results/dense_cpu.json``.
+
+    .venv/bin/python bench/dense_cpu.py --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from cascade_rt.dense import dense, set_onednn  # noqa: E402
+
+WIDTHS = {"minilm": 384, "bert-base": 768}
+ROWS = (1, 2, 4, 10, 32, 128, 512, 2000, 6000)
+
+
+def layers(h: int) -> list[tuple[str, int, int, str]]:
+    return [("qkv", h, 3 * h, "none"), ("attn_out", h, h, "none"), ("intermediate", h, 4 * h, "gelu"),
+            ("output", 4 * h, h, "none")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rows", type=int, nargs="+", default=list(ROWS))
+    p.add_argument("--models", nargs="+", choices=tuple(WIDTHS), default=list(WIDTHS))
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    common.warn_if_loaded(device)
+
+    def run(onednn: bool, x, w, b, act):
+        set_onednn(onednn)
+        return dense(x, w, b, act)
+
+    results = []
+    print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32")
+    print(f"{'model':<10}{'layer':<14}{'rows':>6}{'aten GF/s':>11}{'oneDNN GF/s':>13}{'ratio':>8}")
+    try:
+        for model in args.models:
+            for name, k, n, act in layers(WIDTHS[model]):
+                g = torch.Generator().manual_seed(k * n)
+                w = torch.randn(n, k, generator=g) / k ** 0.5
+                b = torch.randn(n, generator=g)
+                for m in args.rows:
+                    x = torch.randn(m, k, generator=g)
+                    t = common.interleaved({"aten": lambda: run(False, x, w, b, act),
+                                            "onednn": lambda: run(True, x, w, b, act)}, warmup=2, runs=args.runs)
+                    fl = 2 * m * k * n
+                    r = {"model": model, "layer": name, "rows": m, "k": k, "n": n, "activation": act,
+                         "aten_ms": t["aten"]["median"] * 1e3, "onednn_ms": t["onednn"]["median"] * 1e3,
+                         "aten_gflops": fl / t["aten"]["median"] / 1e9,
+                         "onednn_gflops": fl / t["onednn"]["median"] / 1e9,
+                         "speedup": t["aten"]["median"] / t["onednn"]["median"]}
+                    results.append(r)
+                    print(f"{model:<10}{name:<14}{m:>6}{r['aten_gflops']:>11.1f}{r['onednn_gflops']:>13.1f}"
+                          f"{r['speedup']:>7.2f}x", flush=True)
+    finally:
+        set_onednn(True)
+    cfg = {"rows": args.rows, "models": args.models, "runs": args.runs, "dtype": "float32",
+           "timing": "median of interleaved runs", "baseline": "F.linear + activation (ATen, MKL sgemm)"}
+    path = common.write_result("dense", device, cfg, results, Path(args.out_dir))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
