@@ -7,7 +7,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
 
 from cascade_rt import make_classifier_checkpoint  # noqa: E402
 
@@ -16,14 +15,19 @@ from cascade_rt import make_classifier_checkpoint  # noqa: E402
 # ``slow``, under "slow" (>= 500 examples per op on the native backend; ``-m slow``).
 # CASCADE_RT_HYPOTHESIS=<profile> replaces "ci" for the unmarked run (e.g. "slow" to run the
 # big profile without the marker, or "dev" for a random seed each run).
-_HYPOTHESIS_COMMON = dict(deadline=None, database=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.filter_too_much])
-settings.register_profile("ci", max_examples=25, derandomize=True, **_HYPOTHESIS_COMMON)
-settings.register_profile("dev", max_examples=25, **_HYPOTHESIS_COMMON)
-settings.register_profile("slow", max_examples=500, **_HYPOTHESIS_COMMON)
 #: examples per op under the Triton interpreter (about 5 ms per program instance), per profile
 TRITON_EXAMPLES = {"ci": 3, "dev": 3, "slow": 100}
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # test_properties.py skips itself; nothing else needs hypothesis
+    pass
+else:
+    _HYPOTHESIS_COMMON = dict(deadline=None, database=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                     HealthCheck.filter_too_much])
+    settings.register_profile("ci", max_examples=25, derandomize=True, **_HYPOTHESIS_COMMON)
+    settings.register_profile("dev", max_examples=25, **_HYPOTHESIS_COMMON)
+    settings.register_profile("slow", max_examples=500, **_HYPOTHESIS_COMMON)
 
 
 def hypothesis_profile(slow: bool) -> str:

@@ -16,12 +16,14 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from cascade_rt import backends
-from cascade_rt import reference as R
-from conftest import TRITON_EXAMPLES, hypothesis_profile
+pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cascade_rt import backends  # noqa: E402
+from cascade_rt import reference as R  # noqa: E402
+from conftest import TRITON_EXAMPLES, hypothesis_profile  # noqa: E402
 
 ALL_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # (atol, rtol) for outputs rounded to the dtype: about one unit in the last place
