@@ -96,7 +96,15 @@ def profile_case(tier, hf, ids, mask, top: int = 8) -> dict:
             ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
             total = sum(e.self_cpu_time_total for e in ev) or 1.0
             out[name] = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count,
-                          "share": e.self_cpu_time_total / total} for e in ev[:top]]
+                          "share": e.self_cpu_time_total / total} for e in ev]
+    # ops both models run (the matmuls, GELU, copies): HF's time over cascade_rt's, to set
+    # against the row ratio (padded / live tokens); the rest is time only one model spends
+    ours = {o["op"]: o["self_ms"] for o in out["cascade_rt"]}
+    out["shared_op_time_ratio"] = {o["op"]: o["self_ms"] / ours[o["op"]] for o in out["hf_sdpa_padded"][:top]
+                                   if ours.get(o["op"], 0) > 0}
+    out["hf_only_ms"] = sum(o["self_ms"] for o in out["hf_sdpa_padded"] if o["op"] not in ours)
+    for name in ("hf_sdpa_padded", "cascade_rt"):
+        out[name] = out[name][:top]
     return out
 
 
@@ -243,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['analytic_speedup_max_len']:>13.2f}x{r['cascade_rt_tokens_per_s']:>10.0f}"
               f"{r['cascade_rt_peak_frac']:>7.1%}{r['max_abs_logit_diff']:>9.1e}", flush=True)
         if args.profile:
-            for name, ops_ in r["profile"].items():
-                print(f"    {name}: " + ", ".join(f"{o['op']} {o['share']:.0%}" for o in ops_))
+            prof = r["profile"]
+            for name in ("hf_sdpa_padded", "cascade_rt"):
+                print(f"    {name}: " + ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof[name]))
+            rows = r["padded_len"] * batch / r["tokens"]
+            print(f"    HF / cascade_rt self time on shared ops (row ratio {rows:.2f}): "
+                  + ", ".join(f"{op} {x:.2f}x" for op, x in prof["shared_op_time_ratio"].items())
+                  + f"; ops only HF runs: {prof['hf_only_ms']:.1f} ms")
     del cases
     out_dir = Path(args.out_dir)
     path = common.write_result("e2e_tier", device, cfg, results, out_dir)
