@@ -123,7 +123,8 @@ def assert_one_rounding(out, x, r, w, b, eps):
     fi = torch.finfo(out.dtype)
     mag = exact.abs().clamp(min=fi.tiny)
     half_ulp = 0.5 * fi.eps * torch.exp2(torch.floor(torch.log2(mag)))
-    slack = 1e-5 * (w.double().abs() + b.double().abs() + 1)  # fp32 statistics and affine
+    # fp32 statistics and affine: 16 fp32 units of |w| + |b| + 1 (native needs 3.8e-7 here)
+    slack = 2e-6 * (w.double().abs() + b.double().abs() + 1)
     bad = err > half_ulp + slack
     assert not bad.any(), (
         f"{int(bad.sum())} of {bad.numel()} elements off by more than one final rounding to "
