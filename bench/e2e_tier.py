@@ -1,15 +1,25 @@
-"""One tier, padding-free, against Hugging Face's padded BERT on the same padded batch.
+"""One tier, padding-free, against Hugging Face's padded BERT on the same batch.
 
-For every model shape, batch size and average length (a fraction of the padded length) this
-builds one right-padded batch, checks that both models give the same logits, then times
+For every model shape, batch size and average length (a fraction of ``max_len``) this draws
+one batch of rows, pads it to its longest row as a user's tokenizer does with
+``padding=True``, checks that both models give the same logits, then times
 ``cascade_rt.Tier`` (which packs the batch on the device and never computes padding) and
 ``transformers.BertForSequenceClassification`` with ``attn_implementation="sdpa"`` (which
-computes every padded slot), interleaved in the same process. It prints the measured speed-up
-beside the analytic one (padded / packed FLOPs, :mod:`cascade_rt.flops`), tokens/s and the
-fraction of the device's practical peak (a large matmul timed in the same run), and writes
-``bench/results/e2e_tier_<device>.json`` and a plot ``e2e_tier_<device>.png``.
+computes every padded slot) on that batch: one warm-up call each, then ``--runs`` passes
+interleaved in alternating order. A point's measured speed-up is the median over passes of
+HF time / cascade_rt time (with its min and max); ``--repeat N`` runs the whole sweep N times
+and reports the median of the N per-sweep figures with their spread. Beside it are the FLOPs
+ratios (:mod:`cascade_rt.flops`): padded to the longest row / padding-free (the bound that
+removing padding gives in this comparison) and, for reference only, padded to ``max_len`` /
+padding-free (``padding="max_length"``, which the timed baseline does not use). A measured
+speed-up above the first ratio means HF spends time on something besides padding FLOPs;
+``--profile`` prints where each model's time goes (torch.profiler, self CPU time per op).
+Also tokens/s and the fraction of the device's practical peak (a large matmul timed in the
+same run). Writes ``bench/results/e2e_tier_<device>.json`` and ``e2e_tier_<device>.png``.
 
     .venv/bin/python bench/e2e_tier.py                       # CPU sweep, a few minutes
+    .venv/bin/python bench/e2e_tier.py --repeat 5            # the README's figures: median of 5 sweeps
+    .venv/bin/python bench/e2e_tier.py --models minilm --batches 48 --fracs 0.6 --profile
     .venv/bin/python bench/e2e_tier.py --device cuda         # fp16, batch 1..256
     .venv/bin/python bench/e2e_tier.py --quick               # smoke run, seconds
 
@@ -19,6 +29,7 @@ Models: ``minilm`` (the shipped 6-layer, 384-wide all-MiniLM-L6 weights), ``bert
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -28,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from cascade_rt import flops  # noqa: E402
+from cascade_rt.timing import paired_ratio  # noqa: E402
 
 MODELS = ("minilm", "bert-base")
 
@@ -51,36 +63,86 @@ def defaults(device: torch.device, quick: bool) -> dict:
             "max_len": 128, "runs": 3, "max_batch": {"bert-base": 8}}
 
 
-def run_case(tier, hf, batch: int, frac: float, max_len: int, runs: int, device, peak: float) -> dict:
-    cfg = tier.config
-    ids, mask, lens = common.random_padded_batch(batch, max_len, frac, vocab=cfg.vocab_size,
+def make_case(batch: int, frac: float, max_len: int, vocab: int, device):
+    """One batch drawn around ``frac * max_len`` and padded to its longest row (``padding=True``)."""
+    ids, mask, lens = common.random_padded_batch(batch, max_len, frac, vocab=vocab,
                                                  seed=batch * 1000 + int(frac * 100), device=device)
+    longest = max(lens)
+    return ids[:, :longest].contiguous(), mask[:, :longest].contiguous(), lens
+
+
+def time_case(tier, hf, ids, mask, runs: int, device) -> dict:
+    """One warm-up call each, then ``runs`` passes interleaved in alternating order."""
     with torch.inference_mode():
-        ours = tier(ids, mask)
-        ref = hf(input_ids=ids, attention_mask=mask).logits.float()
-        max_diff = float((ours - ref).abs().max())
         t = common.interleaved({
             "hf_sdpa_padded": lambda: hf(input_ids=ids, attention_mask=mask),
             "cascade_rt": lambda: tier(ids, mask),
         }, device, warmup=1, runs=runs)
+    return {"t": t, "ratio": paired_ratio(t, "hf_sdpa_padded", "cascade_rt")}
+
+
+def profile_case(tier, hf, ids, mask, top: int = 8) -> dict:
+    """Self CPU time per op of one call of each model (after a warm-up call): where HF's time
+    goes besides the FLOPs it shares with cascade_rt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    with torch.inference_mode():
+        for name, fn in (("hf_sdpa_padded", lambda: hf(input_ids=ids, attention_mask=mask)),
+                         ("cascade_rt", lambda: tier(ids, mask))):
+            fn()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            total = sum(e.self_cpu_time_total for e in ev) or 1.0
+            out[name] = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count,
+                          "share": e.self_cpu_time_total / total} for e in ev]
+    # ops both models run (the matmuls, GELU, copies): HF's time over cascade_rt's, to set
+    # against the row ratio (padded / live tokens); the rest is time only one model spends
+    ours = {o["op"]: o["self_ms"] for o in out["cascade_rt"]}
+    out["shared_op_time_ratio"] = {o["op"]: o["self_ms"] / ours[o["op"]] for o in out["hf_sdpa_padded"][:top]
+                                   if ours.get(o["op"], 0) > 0}
+    out["hf_only_ms"] = sum(o["self_ms"] for o in out["hf_sdpa_padded"] if o["op"] not in ours)
+    for name in ("hf_sdpa_padded", "cascade_rt"):
+        out[name] = out[name][:top]
+    return out
+
+
+def case_record(tier, batch: int, frac: float, max_len: int, lens: list[int], max_diff: float,
+                timings: list[dict], peak: float) -> dict:
+    """The figures of one case over ``len(timings)`` repeats of the sweep."""
+    cfg = tier.config
     packed_flops = flops.tier_flops(cfg, lens)
-    padded_flops = flops.padded_tier_flops(cfg, lens, max_len)
-    ours_s, hf_s = t["cascade_rt"]["min"], t["hf_sdpa_padded"]["min"]
+    longest_flops = flops.padded_tier_flops(cfg, lens)  # padded to the longest row
+    max_len_flops = flops.padded_tier_flops(cfg, lens, max_len)
+    per_repeat = [r["ratio"]["median"] for r in timings]
+    passes = [x for r in timings for x in r["ratio"]["all"]]
+    # spread: over the repeated sweeps when there are several, else over the passes of the one
+    spread = per_repeat if len(per_repeat) > 1 else passes
+    ours_s = statistics.median(r["t"]["cascade_rt"]["median"] for r in timings)
+    hf_s = statistics.median(r["t"]["hf_sdpa_padded"]["median"] for r in timings)
     tokens = sum(lens)
+    speedup = statistics.median(per_repeat)
+    bound = longest_flops / packed_flops
     return {
-        "batch": batch, "avg_len_frac": frac, "max_len": max_len, "tokens": tokens,
-        "mean_len": tokens / batch, "max_abs_logit_diff": max_diff,
+        "batch": batch, "avg_len_frac": frac, "max_len": max_len, "padded_len": max(lens),
+        "tokens": tokens, "mean_len": tokens / batch, "max_abs_logit_diff": max_diff,
         "cascade_rt_ms": ours_s * 1e3, "hf_ms": hf_s * 1e3,
-        "cascade_rt_median_ms": t["cascade_rt"]["median"] * 1e3,
-        "hf_median_ms": t["hf_sdpa_padded"]["median"] * 1e3,
-        "speedup": hf_s / ours_s,
-        "speedup_median": t["hf_sdpa_padded"]["median"] / t["cascade_rt"]["median"],
-        "analytic_speedup": padded_flops / packed_flops,
+        # median over repeats of each repeat's median per-pass ratio
+        "speedup": speedup, "speedup_min": min(spread), "speedup_max": max(spread),
+        "speedup_spread_over": "repeats" if len(per_repeat) > 1 else "passes",
+        "speedup_repeats": per_repeat,
+        "speedup_passes": [r["ratio"]["all"] for r in timings],
+        "analytic_speedup": bound,  # padded to the longest row / padding-free: this comparison's bound
+        "flops_padding_free": packed_flops, "flops_padded_to_longest": longest_flops,
+        "flops_padded_to_max_len": max_len_flops,
+        "analytic_speedup_max_len": max_len_flops / packed_flops,  # padding="max_length" (not timed)
+        "measured_over_bound": speedup / bound,
         "cascade_rt_tokens_per_s": tokens / ours_s, "hf_tokens_per_s": tokens / hf_s,
         # useful work only: padding FLOPs are not counted for HF either
         "cascade_rt_peak_frac": packed_flops / ours_s / peak,
         "hf_peak_frac": packed_flops / hf_s / peak,
-        "hf_peak_frac_incl_padding": padded_flops / hf_s / peak,
+        "hf_peak_frac_incl_padding": longest_flops / hf_s / peak,
     }
 
 
@@ -121,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", nargs="+", type=int)
     p.add_argument("--fracs", nargs="+", type=float, help="average length / max length")
     p.add_argument("--max-len", type=int)
-    p.add_argument("--runs", type=int)
+    p.add_argument("--runs", type=int, help="timed passes of each model per case (after one warm-up)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the whole sweep this many times; each case reports the median over repeats "
+                        "and their min/max")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one call of each model per case (top ops by self CPU time)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="one tiny case (smoke test)")
     p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
@@ -139,16 +206,21 @@ def main(argv: list[str] | None = None) -> int:
             cfg[key] = getattr(args, key)
     cfg["dtype"] = str(dtype).replace("torch.", "")
     cfg["baseline"] = "transformers BertForSequenceClassification, attn_implementation=sdpa, padded"
-    cfg["padding"] = "every batch padded to max_len (padding='max_length'), lengths uniform around avg_len_frac * max_len"
-    cfg["timing"] = "min over runs, cascade_rt and HF interleaved; medians recorded too"
+    cfg["padding"] = ("each batch padded to its longest row (padding=True), lengths uniform around "
+                      "avg_len_frac * max_len")
+    cfg["timing"] = ("one warm-up call each, then `runs` passes interleaved in alternating order; speedup = "
+                     "median over passes of HF / cascade_rt time, then median over `repeat` sweeps "
+                     "(speedup_min/max: spread over sweeps, or over passes when repeat is 1)")
+    cfg["repeat"] = args.repeat
 
     peak = common.gemm_peak_flops(device, dtype)
     cfg["peak_flops_measured"] = peak
     print(f"device {common.device_name(device)}, {cfg['dtype']}, measured matmul peak "
           f"{peak / 1e12:.3f} TFLOP/s; backends {common.op_backends(device)}")
-    print(f"{'model':<10}{'batch':>6}{'avg':>6}{'tokens':>8}{'HF ms':>10}{'ours ms':>10}"
-          f"{'speedup':>9}{'analytic':>9}{'tok/s':>10}{'peak':>7}{'diff':>9}")
-    results = []
+    print(f"{'model':<10}{'batch':>6}{'avg':>6}{'tokens':>8}{'pad':>5}{'HF ms':>10}{'ours ms':>10}"
+          f"{'speedup':>9}{'(min-max)':>13}{'FLOPs longest':>14}{'FLOPs max_len':>14}{'tok/s':>10}{'peak':>7}"
+          f"{'diff':>9}")
+    cases = []  # (model, tier, hf, batch, frac, ids, mask, lens, max_diff)
     for model in cfg["models"]:
         tier = build(model, device, dtype)
         hf = common.hf_from_tier(tier)
@@ -156,14 +228,37 @@ def main(argv: list[str] | None = None) -> int:
             if batch > cfg.get("max_batch", {}).get(model, batch) and args.batches is None:
                 continue
             for frac in cfg["fracs"]:
-                r = run_case(tier, hf, batch, frac, cfg["max_len"], cfg["runs"], device, peak)
-                r["model"] = model
-                results.append(r)
-                print(f"{model:<10}{batch:>6}{frac:>6.1f}{r['tokens']:>8}{r['hf_ms']:>10.2f}"
-                      f"{r['cascade_rt_ms']:>10.2f}{r['speedup']:>8.2f}x{r['analytic_speedup']:>8.2f}x"
-                      f"{r['cascade_rt_tokens_per_s']:>10.0f}{r['cascade_rt_peak_frac']:>7.1%}"
-                      f"{r['max_abs_logit_diff']:>9.1e}", flush=True)
-        del tier, hf
+                ids, mask, lens = make_case(batch, frac, cfg["max_len"], tier.config.vocab_size, device)
+                with torch.inference_mode():
+                    diff = float((tier(ids, mask) - hf(input_ids=ids, attention_mask=mask).logits.float()).abs().max())
+                cases.append((model, tier, hf, batch, frac, ids, mask, lens, diff))
+    timings: list[list[dict]] = [[] for _ in cases]
+    for rep in range(args.repeat):
+        if args.repeat > 1:
+            print(f"sweep {rep + 1} of {args.repeat}", flush=True)
+        for i, (model, tier, hf, batch, frac, ids, mask, lens, diff) in enumerate(cases):
+            timings[i].append(time_case(tier, hf, ids, mask, cfg["runs"], device))
+    results = []
+    for (model, tier, hf, batch, frac, ids, mask, lens, diff), tm in zip(cases, timings):
+        r = case_record(tier, batch, frac, cfg["max_len"], lens, diff, tm, peak)
+        r["model"] = model
+        if args.profile:
+            r["profile"] = profile_case(tier, hf, ids, mask)
+        results.append(r)
+        spread = f"({r['speedup_min']:.2f}-{r['speedup_max']:.2f})"
+        print(f"{model:<10}{batch:>6}{frac:>6.1f}{r['tokens']:>8}{r['padded_len']:>5}{r['hf_ms']:>10.2f}"
+              f"{r['cascade_rt_ms']:>10.2f}{r['speedup']:>8.2f}x{spread:>13}{r['analytic_speedup']:>13.2f}x"
+              f"{r['analytic_speedup_max_len']:>13.2f}x{r['cascade_rt_tokens_per_s']:>10.0f}"
+              f"{r['cascade_rt_peak_frac']:>7.1%}{r['max_abs_logit_diff']:>9.1e}", flush=True)
+        if args.profile:
+            prof = r["profile"]
+            for name in ("hf_sdpa_padded", "cascade_rt"):
+                print(f"    {name}: " + ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof[name]))
+            rows = r["padded_len"] * batch / r["tokens"]
+            print(f"    HF / cascade_rt self time on shared ops (row ratio {rows:.2f}): "
+                  + ", ".join(f"{op} {x:.2f}x" for op, x in prof["shared_op_time_ratio"].items())
+                  + f"; ops only HF runs: {prof['hf_only_ms']:.1f} ms")
+    del cases
     out_dir = Path(args.out_dir)
     path = common.write_result("e2e_tier", device, cfg, results, out_dir)
     print(f"wrote {path}")

@@ -1,7 +1,9 @@
 """Wall-clock timing shared by the demo, ``cascade-rt evaluate`` and the benchmarks.
 
 CPU timings on a shared machine drift; comparing two models is fair only when their runs
-interleave (A B A B ...), so both see the same drift, and the median is reported.
+interleave, so both see the same drift, after a warm-up (first calls pay for allocation,
+caches, kernel compilation), in alternating order (A B, B A, A B, ...: neither always runs
+first, on a cold cache or right after the other), and the median is reported with its spread.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["sync", "time_fn", "interleaved"]
+__all__ = ["sync", "time_fn", "interleaved", "paired_ratio"]
 
 
 def sync(device: torch.device | str | None) -> None:
@@ -21,8 +23,8 @@ def sync(device: torch.device | str | None) -> None:
 
 
 def _summary(times: list[float]) -> dict:
-    return {"median": statistics.median(times), "min": min(times), "runs": len(times),
-            "all": [round(t, 6) for t in times]}
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "runs": len(times), "all": list(times)}
 
 
 def time_fn(fn: Callable[[], object], device: torch.device | str | None = None, *, warmup: int = 1,
@@ -46,18 +48,46 @@ def time_fn(fn: Callable[[], object], device: torch.device | str | None = None, 
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str | None = None, *,
-                warmup: int = 1, runs: int = 5) -> dict[str, dict]:
+                warmup: int = 1, runs: int = 5, alternate: bool = True) -> dict[str, dict]:
     """Time several functions round-robin so that drift hits each alike; a
-    :func:`time_fn`-style dict per name."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    :func:`time_fn`-style dict per name (``"all"`` in round order, so entry ``r`` of two
+    names comes from the same round: see :func:`paired_ratio`).
+
+    Each function first runs ``warmup`` times untimed (in the same alternating order). With
+    ``alternate`` the order of the names turns by one each round (A B C, B C A, C A B, ...),
+    so no function always runs first or right after the same other one.
+    """
+    names = list(fns)
+
+    def order(r: int) -> list[str]:
+        if not alternate or not names:
+            return names
+        k = r % len(names)
+        return names[k:] + names[:k]
+
+    for r in range(warmup):
+        for k in order(r):
+            fns[k]()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
+    for r in range(runs):
+        for k in order(r):
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             sync(device)
             times[k].append(time.perf_counter() - t0)
     return {k: _summary(v) for k, v in times.items()}
+
+
+def paired_ratio(timings: dict[str, dict], num: str, den: str) -> dict:
+    """``timings[num] / timings[den]`` per round of an :func:`interleaved` run (the two runs of
+    a round saw the same machine load): ``{"median", "min", "max", "runs", "all"}``.
+
+    For a speed-up of ``model`` over ``baseline`` pass ``num="baseline", den="model"``.
+    """
+    a, b = timings[num]["all"], timings[den]["all"]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"{num!r} and {den!r} need the same number (>= 1) of timed rounds, got {len(a)} and {len(b)}")
+    ratios = [x / y for x, y in zip(a, b)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "runs": len(ratios), "all": [round(r, 4) for r in ratios]}

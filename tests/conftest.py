@@ -10,8 +10,43 @@ import pytest  # noqa: E402
 
 from cascade_rt import make_classifier_checkpoint  # noqa: E402
 
+# Hypothesis profiles for the property tests (tests/test_properties.py). Each property test
+# runs twice: under "ci" (few examples, derandomized so CI is reproducible) and, marked
+# ``slow``, under "slow" (>= 500 examples per op on the native backend; ``-m slow``).
+# CASCADE_RT_HYPOTHESIS=<profile> replaces "ci" for the unmarked run (e.g. "slow" to run the
+# big profile without the marker, or "dev" for a random seed each run).
+#: examples per op under the Triton interpreter (about 5 ms per program instance), per profile
+TRITON_EXAMPLES = {"ci": 3, "dev": 3, "slow": 100}
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # test_properties.py skips itself; nothing else needs hypothesis
+    pass
+else:
+    _HYPOTHESIS_COMMON = dict(deadline=None, database=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                     HealthCheck.filter_too_much])
+    settings.register_profile("ci", max_examples=25, derandomize=True, **_HYPOTHESIS_COMMON)
+    settings.register_profile("dev", max_examples=25, **_HYPOTHESIS_COMMON)
+    settings.register_profile("slow", max_examples=500, **_HYPOTHESIS_COMMON)
+
+
+def hypothesis_profile(slow: bool) -> str:
+    """The profile a property test runs under: "slow" for the slow-marked run, else
+    ``$CASCADE_RT_HYPOTHESIS`` or "ci"."""
+    return "slow" if slow else os.environ.get("CASCADE_RT_HYPOTHESIS", "ci")
+
+
+def _selects_slow(markexpr: str) -> bool:
+    return "slow" in markexpr and "not slow" not in markexpr
+
 
 def pytest_collection_modifyitems(config, items):
+    # ``slow`` tests (the big property-test profile) run only when asked: ``-m slow``
+    if not _selects_slow(config.getoption("markexpr") or ""):
+        skip_slow = pytest.mark.skip(reason="slow; run with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip_slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -82,18 +82,29 @@ def test_sync_free_path_matches(tier_dirs, tokenizer, sentences, threshold):
 
 
 def test_flops_model_counts_what_ran(tier_dirs, tokenizer, sentences):
+    """The analytic cost of a cascade forward equals the cost of what the tiers really ran on
+    (the row lengths each tier's encoder was handed), and tokens_per_tier matches them."""
     enc = _enc(tokenizer, sentences)
-    model = CascadeBert.from_pretrained([tier_dirs[1], tier_dirs[6]], thresholds=[0.6])
+    model = CascadeBert.from_pretrained([tier_dirs[1], tier_dirs[2], tier_dirs[6]], thresholds=[0.6, 0.6])
+    with torch.no_grad():
+        conf0 = model.tiers[0](**enc).softmax(-1).amax(-1)
+    model.set_thresholds([float(conf0.median()), 0.6])
+    seen = _record_encode_calls(model)
     out = model(**enc)
     lens = enc["attention_mask"].sum(1).tolist()
     cfgs = [t.config for t in model.tiers]
-    per_tier = [[n for n, t in zip(lens, out.exit_tier.tolist()) if t >= i] for i in range(2)]
-    cost = flops.cascade_flops(cfgs, per_tier)
-    assert cost == flops.tier_flops(cfgs[0], lens) + flops.tier_flops(cfgs[1], per_tier[1])
+    ran = [[] for _ in cfgs]
+    for tier_i, _, _, row_lens in seen:
+        ran[tier_i].extend(row_lens)
+    assert 0 < len(ran[1]) < len(lens), "the threshold must split the batch"
+    assert out.tokens_per_tier.tolist() == [sum(r) for r in ran]
+    assert out.rows_per_tier.tolist() == [len(r) for r in ran]
+    spent = sum(flops.tier_flops(c, r) for c, r in zip(cfgs, ran))
+    assert flops.cascade_flops(cfgs, ran) == spent
     sp = flops.analytic_speedup(cfgs, lens, out.exit_tier.tolist())
-    assert sp == pytest.approx(flops.tier_flops(cfgs[1], lens) / cost)
+    assert sp == pytest.approx(flops.tier_flops(cfgs[-1], lens) / spent, rel=1e-12)
     # nobody exits early: the cascade costs more than the last tier alone
-    assert flops.analytic_speedup(cfgs, lens, [1] * len(lens)) < 1
+    assert flops.analytic_speedup(cfgs, lens, [2] * len(lens)) < 1
     # everybody exits at a 1-layer tier: close to 6x cheaper than 6 layers
     assert 5 < flops.analytic_speedup(cfgs, lens, [0] * len(lens)) < 6.01
 

@@ -44,12 +44,14 @@ def test_train_then_evaluate(csv_data, tmp_path):
         dirs.append(out)
     report_path, saved = tmp_path / "report.json", tmp_path / "cascade"
     stdout = _cli("evaluate", *dirs, "--data", csv_data, "--target-speedup", 1.2, "--json", report_path,
-                  "--save", saved, "--timing-runs", 1)
+                  "--save", saved, "--timing-runs", 2)
     assert "test:" in stdout
     report = json.loads(report_path.read_text())
     assert {"thresholds", "accuracy", "accuracy_last_tier", "f1", "ece", "speedup_analytic",
             "speedup_measured", "rows_per_tier"} <= set(report)
     assert report["rows_per_tier"][0] == 6  # the test split: 10% of 60 rows
     assert 0.0 <= report["accuracy"] <= 1.0 and report["speedup_measured"] > 0
+    assert len(report["speedup_measured_all"]) == 2 == report["timing_runs"] and report["timing_warmup"] == 1
+    assert report["speedup_measured_min"] <= report["speedup_measured"] <= report["speedup_measured_max"]
     loaded = CascadeBert.from_pretrained(saved)
     assert loaded.thresholds == pytest.approx(report["thresholds"])

@@ -22,6 +22,16 @@ def model():
     return m
 
 
+@pytest.fixture(scope="module")
+def default_path(model):
+    """A second cascade on the same tiers and thresholds that stays on the default (exact-shape,
+    host-reading) path: ``capture()`` switches the shared ``model`` to the sync-free path, so
+    comparing a replay with ``model(...)`` would hold the sync-free path against itself."""
+    ref = CascadeBert(model.tiers, model.thresholds)
+    assert not ref.sync_free
+    return ref
+
+
 def _same(a, b, atol=1e-5):
     assert torch.equal(a.exit_tier, b.exit_tier)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=atol)
@@ -30,36 +40,77 @@ def _same(a, b, atol=1e-5):
     assert torch.equal(a.tokens_per_tier.cpu(), b.tokens_per_tier.cpu())
 
 
-def test_replays_match_eager_on_new_batches(model):
+def test_replays_match_eager_on_new_batches(model, default_path):
     g = capture(model, max_batch=16, max_seqlen=40)
     assert g.graph is None  # CPU: nothing to capture, same buffers
+    assert model.sync_free and not default_path.sync_free
     for seed, lengths in enumerate([LENGTHS, [1], [40, 3, 1, 17], LENGTHS[::-1] + [2, 2, 9, 40, 1]]):
         ids, mask, types = _padded(lengths, seed=seed + 20)
-        want = model(ids, mask, types)
+        want = default_path(ids, mask, types)
         got = g(ids, mask, types)
         _same(got, want)
         assert got.exit_tier.shape == (len(lengths),)
 
 
-def test_mask_and_types_optional(model):
+def test_mask_and_types_optional(model, default_path):
     g = capture(model, max_batch=4, max_seqlen=8)
     ids, _, _ = _padded([8, 8, 8], seed=3)
-    _same(g(ids), model(ids))
+    _same(g(ids), default_path(ids))
 
 
-def test_bool_mask_accepted(model):
+def test_bool_mask_accepted(model, default_path):
     g = capture(model, max_batch=12, max_seqlen=33)
     ids, mask, types = _padded(LENGTHS, seed=4)
-    _same(g(ids, mask.bool(), types), model(ids, mask, types))
+    _same(g(ids, mask.bool(), types), default_path(ids, mask, types))
 
 
-def test_outputs_not_overwritten_unless_asked(model):
+def _static_outputs(g):
+    """Make the CPU capture behave like a CUDA graph replay: every forward writes into the same
+    output buffers (a graph's outputs live in its pool and each replay overwrites them)."""
+    forward = g._forward
+    static = {}
+
+    def replay():
+        out = forward()
+        if not static:
+            static.update({k: torch.empty_like(v) for k, v in vars(out).items()})
+        for k, v in vars(out).items():
+            static[k].copy_(v)
+        return type(out)(**static)
+
+    g._forward = replay
+    return static
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["fresh", "static_buffers"])
+def test_outputs_not_overwritten_unless_asked(model, default_path, static):
     g = capture(model, max_batch=12, max_seqlen=33)
+    if static and g.graph is None:
+        _static_outputs(g)
     a_in, b_in = _padded(LENGTHS, seed=5), _padded(LENGTHS[::-1], seed=6)
     a = g(*a_in)
-    a_logits = a.logits.clone()
+    a_want = default_path(*a_in)
     g(*b_in)
-    torch.testing.assert_close(a.logits, a_logits, rtol=0, atol=0)
+    _same(a, a_want)  # clone=True (the default): the next call leaves a alone
+
+
+def test_clone_false_returns_the_replay_buffers(model, default_path):
+    """``clone=False``: correct rows, and views of the output buffers that the next call
+    overwrites (as the docstring says), on CPU emulated with static buffers."""
+    g = capture(model, max_batch=12, max_seqlen=33)
+    static = _static_outputs(g) if g.graph is None else None
+    a_in, b_in = _padded(LENGTHS, seed=5), _padded(LENGTHS[::-1], seed=6)
+    a = g(*a_in, clone=False)
+    _same(a, default_path(*a_in))
+    if static is not None:
+        assert a.logits.data_ptr() == static["logits"].data_ptr()
+    b = g(*b_in, clone=False)
+    _same(b, default_path(*b_in))
+    # a's tensors alias the buffers: they now hold b's rows
+    assert torch.equal(a.exit_tier, b.exit_tier)
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
+    c = g(*a_in)  # clone=True: fresh tensors
+    assert c.logits.data_ptr() != a.logits.data_ptr()
 
 
 def test_errors_name_the_problem(model):

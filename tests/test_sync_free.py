@@ -203,7 +203,8 @@ def test_later_tiers_run_on_upper_bound_shapes(tiers):
 # -- no host reads on the sync-free path -----------------------------------------------------
 
 _READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero",
-          "masked_select", "unique", "numpy", "_local_scalar_dense"}
+          "argwhere", "masked_select", "unique", "unique_consecutive", "numpy",
+          "_local_scalar_dense"}
 
 
 class _HostReads(TorchFunctionMode):
@@ -224,7 +225,37 @@ class _HostReads(TorchFunctionMode):
                 self.reads.append(f"{name}[bool mask]")
         elif name == "repeat_interleave" and kwargs.get("output_size") is None:
             self.reads.append(name)
+        elif name == "where" and len(args) + len(kwargs) == 1:  # torch.where(cond) is nonzero
+            self.reads.append("where(condition)")
         return func(*args, **kwargs)
+
+
+def test_host_read_detector_sees_each_kind_of_read():
+    """Each way to read back or make a data-dependent shape is recorded (else the sync-free
+    test below could pass on a forward that reads back)."""
+    t = torch.tensor([0.0, 2.0, -1.0, 3.0])
+    m = t > 0
+    reads = {
+        "item": lambda: t[1].item(), "tolist": lambda: t.tolist(), "__bool__": lambda: bool(m[1]),
+        "__int__": lambda: int(t[1]), "__float__": lambda: float(t[1]),
+        "nonzero": lambda: torch.nonzero(m), "argwhere": lambda: torch.argwhere(m),
+        "where(condition)": lambda: torch.where(m), "masked_select": lambda: t.masked_select(m),
+        "unique": lambda: torch.unique(t), "__getitem__[bool mask]": lambda: t[m],
+        "__setitem__[bool mask]": lambda: t.clone().__setitem__(m, 0.0),
+        "repeat_interleave": lambda: torch.repeat_interleave(t, torch.tensor([1, 2, 0, 1])),
+    }
+    for want, fn in reads.items():
+        spy = _HostReads()
+        with spy:
+            fn()
+        assert any(want in r for r in spy.reads), (want, spy.reads)
+    # and nothing for ops that stay on the device
+    spy = _HostReads()
+    with spy:
+        torch.where(m, t, 0.0)
+        torch.repeat_interleave(t, torch.tensor([1, 2, 0, 1]), output_size=4)
+        t[torch.tensor([0, 2])]
+    assert spy.reads == [], spy.reads
 
 
 def _padded_varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, zero_dead=True):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 __all__ = ["accuracy", "f1_binary", "ece", "dis", "simulate_exits", "row_costs", "search_thresholds",
-           "reliability_bins", "tier_row_costs", "run_batches", "timed_against"]
+           "reliability_bins", "tier_row_costs", "run_batches", "timed_against", "timed_speedup"]
 
 
 def accuracy(pred, labels) -> float:
@@ -214,19 +214,42 @@ def run_batches(model, enc: dict, batch: int) -> dict:
     return res
 
 
-def timed_against(model, baseline, enc: dict, batch: int, runs: int = 1):
-    """Wall time of ``model`` and ``baseline`` over the same rows, runs interleaved
-    (baseline, model, baseline, ...) so both see the same machine load.
+def timed_speedup(model, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1) -> dict:
+    """Measured speed-up of ``model`` over ``baseline`` on the same rows (batches of ``batch``).
 
-    Returns (model seconds, baseline seconds, model outputs); medians over ``runs``.
+    One untimed warm-up pass of each, then ``runs`` timed passes of each, interleaved in
+    alternating order (baseline model, model baseline, ...) so both see the same machine load
+    and neither always runs first. The speed-up is the median over rounds of
+    ``baseline seconds / model seconds`` (the two passes of a round are adjacent in time);
+    its min, max and every round's value are kept as the spread.
+
+    Returns ``{"speedup", "speedup_min", "speedup_max", "speedup_all", "seconds",
+    "seconds_baseline", "runs", "warmup", "out"}``: seconds are medians over rounds, ``out``
+    the model's outputs (:func:`run_batches`).
     """
-    from ..timing import interleaved
+    from ..timing import interleaved, paired_ratio
 
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
     keep = {}
 
     def run_model():
         keep["out"] = run_batches(model, enc, batch)
 
     t = interleaved({"baseline": lambda: run_batches(baseline, enc, batch), "model": run_model},
-                    getattr(model, "device", None), warmup=0, runs=runs)
-    return t["model"]["median"], t["baseline"]["median"], keep["out"]
+                    getattr(model, "device", None), warmup=warmup, runs=runs)
+    r = paired_ratio(t, "baseline", "model")
+    return {"speedup": r["median"], "speedup_min": r["min"], "speedup_max": r["max"],
+            "speedup_all": r["all"], "seconds": t["model"]["median"],
+            "seconds_baseline": t["baseline"]["median"], "runs": runs, "warmup": warmup,
+            "out": keep["out"]}
+
+
+def timed_against(model, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1):
+    """Wall time of ``model`` and ``baseline`` over the same rows, as :func:`timed_speedup`
+    measures them (warm-up, alternating interleaved passes).
+
+    Returns (model seconds, baseline seconds, model outputs); medians over ``runs``.
+    """
+    r = timed_speedup(model, baseline, enc, batch, runs=runs, warmup=warmup)
+    return r["seconds"], r["seconds_baseline"], r["out"]
