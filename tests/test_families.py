@@ -2,6 +2,7 @@
 CamemBERT and ELECTRA, random-init at odd sizes (hidden 96, 3 heads, intermediate 200,
 vocabulary 1,000); a mixed DistilBERT -> BERT cascade; the tier-compatibility errors; the
 exit head's activations on every backend."""
+import json
 import math
 
 import pytest
@@ -141,6 +142,8 @@ def test_family_state_dict_and_save_round_trip(family_dirs, model_type, tmp_path
     tier.save_pretrained(tmp_path / "out")
     back = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     assert type(back) is type(hf)
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["architectures"] == [type(hf).__name__] and written["model_type"] == model_type
     assert (tmp_path / "out" / "vocab.txt").read_text() == (d / "vocab.txt").read_text()
     assert all(torch.equal(back.state_dict()[k], v) for k, v in hf.state_dict().items())
 
@@ -256,3 +259,36 @@ def test_families_cover_model_types_and_flops():
     plain = flops.tier_flops(TierConfig(**base, model_type="electra"), lens)
     projected = flops.tier_flops(TierConfig(**base, model_type="electra", embedding_size=64), lens)
     assert projected - plain == sum(lens) * 2 * 64 * HIDDEN
+
+
+def _meta_tier(source_dir, model_type="roberta"):
+    from cascade_rt import Tier, TierConfig
+
+    cfg = TierConfig(vocab_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=8, model_type=model_type)
+    with torch.device("meta"):
+        t = Tier(cfg)
+    t.source_dir = str(source_dir)
+    return t
+
+
+def test_vocabulary_files_compare_by_content(tmp_path):
+    """BPE vocab.json + merges.txt, tokenizer.json's model and SentencePiece files are compared by
+    content, across file kinds where the token lists can be read from both."""
+    tokens = {"<s>": 0, "<pad>": 1, "</s>": 2, "a": 3}
+    for name, merges in (("a", "#version: 0.2\na b\n"), ("b", "#version: 0.2\na b\n"), ("c", "#version: 0.2\nb a\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vocab.json").write_text(json.dumps(tokens))
+        (tmp_path / name / "merges.txt").write_text(merges)
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "tokenizer.json").write_text(json.dumps(
+        {"model": {"type": "BPE", "vocab": tokens, "merges": ["a b"]}, "truncation": None}))
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "sentencepiece.bpe.model").write_bytes(b"\x00\x01")
+    tier = {n: _meta_tier(tmp_path / n) for n in ("a", "b", "c", "fast", "spm")}
+    CascadeBert([tier["a"], tier["b"]], [0.5])
+    CascadeBert([tier["a"], tier["fast"]], [0.5])  # same tokens and merges, other file kinds
+    with pytest.raises(ValueError, match="the BPE merges differ"):
+        CascadeBert([tier["a"], tier["c"]], [0.5])
+    with pytest.raises(ValueError, match="no common kind of vocabulary file"):
+        CascadeBert([tier["fast"], tier["spm"]], [0.5])
