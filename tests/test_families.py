@@ -292,3 +292,15 @@ def test_vocabulary_files_compare_by_content(tmp_path):
         CascadeBert([tier["a"], tier["c"]], [0.5])
     with pytest.raises(ValueError, match="no common kind of vocabulary file"):
         CascadeBert([tier["fast"], tier["spm"]], [0.5])
+
+
+def test_roberta_rows_are_limited_by_positions_past_pad(family_dirs):
+    """RoBERTa's table holds max_position_embeddings - (pad + 1) tokens per row: one more is an
+    error, not a silently clamped position."""
+    from cascade_rt.inputs import InputError
+
+    tier = load_tier(family_dirs["roberta"])
+    assert tier.config.max_seq_len == MAX_LEN
+    ids = torch.randint(5, VOCAB, (1, MAX_LEN + 1))
+    with pytest.raises(InputError, match=f"{MAX_LEN + 1} tokens, more than max_position_embeddings {MAX_LEN}"):
+        tier(ids)
