@@ -304,3 +304,23 @@ def test_roberta_rows_are_limited_by_positions_past_pad(family_dirs):
     ids = torch.randint(5, VOCAB, (1, MAX_LEN + 1))
     with pytest.raises(InputError, match=f"{MAX_LEN + 1} tokens, more than max_position_embeddings {MAX_LEN}"):
         tier(ids)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_three_family_cascade_rows_get_their_exit_tier_logits(family_dirs, sync_free):
+    """DistilBERT -> RoBERTa -> ELECTRA (one vocabulary file): every row gets the logits of the
+    tier it exited at, alone on that row, also on the sync-free path (upper-bound shapes, dead
+    slots in every tier past the first)."""
+    names = ["distilbert", "roberta", "electra"]
+    ids, mask, _ = _batch("bert", seed=5)
+    alone = [load_tier(family_dirs[n])(ids, mask) for n in names]
+    conf = [torch.softmax(a, -1).amax(-1) for a in alone]
+    thr = [float(conf[0].quantile(0.4)), float(conf[1].quantile(0.5))]
+    cascade = CascadeBert.from_pretrained([family_dirs[n] for n in names], thresholds=thr)
+    cascade.sync_free = sync_free
+    out = cascade(ids, mask)
+    want_tier = torch.where(conf[0] >= thr[0], 0, torch.where(conf[1] >= thr[1], 1, 2))
+    assert torch.equal(out.exit_tier, want_tier)
+    assert set(want_tier.tolist()) == {0, 1, 2}
+    want = torch.stack(alone)[want_tier, torch.arange(ids.shape[0])]
+    assert (out.logits - want).abs().max() < 1e-5
