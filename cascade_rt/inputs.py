@@ -76,7 +76,8 @@ def prepare_inputs(
     vocab = min(c.vocab_size for c in limits)
     # tiers without token types (DistilBERT, type_vocab_size 0) take any; RoBERTa-family
     # positions start past pad_token_id, so their rows are shorter than the position table
-    n_types = min((c.type_vocab_size for c in limits if c.type_vocab_size > 0), default=2**62)
+    typed = [c.type_vocab_size for c in limits if c.type_vocab_size > 0]
+    n_types = min(typed) if typed else 2**62
     max_pos = min(c.max_seq_len for c in limits)
     if trim is None:
         trim = device.type == "cpu"
