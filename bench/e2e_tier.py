@@ -25,6 +25,15 @@ same run). Writes ``bench/results/e2e_tier_<device>.json`` and ``e2e_tier_<devic
 
 Models: ``minilm`` (the shipped 6-layer, 384-wide all-MiniLM-L6 weights), ``bert-base``
 (12 layers, 768 wide, 12 heads, random weights).
+
+``--family distilbert roberta xlm-roberta camembert electra`` (any of :data:`FAMILIES`) runs each
+family's tier instead, at the model's shape with random weights (saved by transformers' own
+``*ForSequenceClassification`` and loaded back by ``cascade_rt``), against that family's HF
+model padded, and a BERT tier of the same shape against ``BertForSequenceClassification`` padded,
+all four interleaved; it prints each family tier's time over the BERT tier's and both ratios over
+transformers, and writes ``bench/results/e2e_tier_families_<device>.json``.
+
+    .venv/bin/python bench/e2e_tier.py --family distilbert roberta electra --models minilm
 """
 from __future__ import annotations
 
@@ -42,6 +51,9 @@ from cascade_rt import flops  # noqa: E402
 from cascade_rt.timing import paired_ratio  # noqa: E402
 
 MODELS = ("minilm", "bert-base")
+FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
+#: (hidden, layers, heads, intermediate) of each model name when it is built for a family
+SHAPES = {"minilm": (384, 6, 12, 1536), "bert-base": (768, 12, 12, 3072)}
 
 
 def build(model: str, device: torch.device, dtype: torch.dtype):
@@ -146,6 +158,85 @@ def case_record(tier, batch: int, frac: float, max_len: int, lens: list[int], ma
     }
 
 
+def family_hf(family: str, model: str, seed: int = 1):
+    """A random-init transformers ``*ForSequenceClassification`` of ``family`` at ``model``'s
+    shape (vocabulary 30522, 2 labels, 512 positions; ELECTRA's embeddings as wide as its
+    hidden size, so the shapes match BERT's)."""
+    import transformers as tf
+
+    hidden, layers, heads, inter = SHAPES[model]
+    kw = dict(vocab_size=30522, num_labels=2, hidden_size=hidden, num_hidden_layers=layers,
+              num_attention_heads=heads, intermediate_size=inter)
+    roberta = dict(kw, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)
+    cls = {
+        "bert": (tf.BertConfig, tf.BertForSequenceClassification, kw),
+        "distilbert": (tf.DistilBertConfig, tf.DistilBertForSequenceClassification,
+                       dict(vocab_size=30522, num_labels=2, dim=hidden, n_layers=layers, n_heads=heads,
+                            hidden_dim=inter)),
+        "roberta": (tf.RobertaConfig, tf.RobertaForSequenceClassification, roberta),
+        "xlm-roberta": (tf.XLMRobertaConfig, tf.XLMRobertaForSequenceClassification, roberta),
+        "camembert": (tf.CamembertConfig, tf.CamembertForSequenceClassification, roberta),
+        "electra": (tf.ElectraConfig, tf.ElectraForSequenceClassification, dict(kw, embedding_size=hidden)),
+    }[family]
+    torch.manual_seed(seed)
+    return cls[1](cls[0](**cls[2]))
+
+
+def run_family_cases(families, model, cfg, device, dtype) -> list[dict]:
+    """Each family's tier and HF model, and a BERT tier and HF BERT of the same shape, timed
+    interleaved on the same padded batches."""
+    import tempfile
+
+    from cascade_rt import load_tier
+
+    built = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam in dict.fromkeys(["bert", *families]):
+            hf = family_hf(fam, model)
+            hf.save_pretrained(f"{tmp}/{fam}")
+            tier = load_tier(f"{tmp}/{fam}", dtype=dtype, device=device)
+            hf = hf.to(device=device, dtype=dtype).eval()
+            hf.config._attn_implementation = "sdpa"
+            built[fam] = (tier, hf)
+    results = []
+    for batch in cfg["batches"]:
+        for frac in cfg["fracs"]:
+            ids, mask, lens = common.random_padded_batch(batch, cfg["max_len"], frac, vocab=30522,
+                                                         seed=batch * 1000 + int(frac * 100), device=device)
+            fns, diffs = {}, {}
+            with torch.inference_mode():
+                for fam in built:
+                    tier, hf = built[fam]
+                    # RoBERTa-family pad id is 1: pad with it as its tokenizer would
+                    pad = tier.config.pad_token_id
+                    x = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
+                    diffs[fam] = float((tier(x, mask) - hf(input_ids=x, attention_mask=mask).logits.float()).abs().max())
+                    fns[f"{fam}:cascade_rt"] = (lambda t=tier, x=x: t(x, mask))
+                    fns[f"{fam}:hf_sdpa_padded"] = (lambda h=hf, x=x: h(input_ids=x, attention_mask=mask))
+                t = common.interleaved(fns, device, warmup=1, runs=cfg["runs"])
+            bert_s = t["bert:cascade_rt"]["min"]
+            bert_ratio = t["bert:hf_sdpa_padded"]["min"] / bert_s
+            for fam in families:
+                ours_s, hf_s = t[f"{fam}:cascade_rt"]["min"], t[f"{fam}:hf_sdpa_padded"]["min"]
+                results.append({
+                    "family": fam, "model": model, "batch": batch, "avg_len_frac": frac,
+                    "max_len": cfg["max_len"], "tokens": sum(lens),
+                    "max_abs_logit_diff": diffs[fam],
+                    "cascade_rt_ms": ours_s * 1e3, "hf_ms": hf_s * 1e3, "bert_tier_ms": bert_s * 1e3,
+                    "family_over_bert_tier": ours_s / bert_s,
+                    "family_over_bert_tier_median": t[f"{fam}:cascade_rt"]["median"] / t["bert:cascade_rt"]["median"],
+                    "speedup_vs_hf": hf_s / ours_s, "bert_speedup_vs_hf": bert_ratio,
+                    "analytic_speedup": flops.padded_tier_flops(built[fam][0].config, lens, cfg["max_len"])
+                    / flops.tier_flops(built[fam][0].config, lens),
+                })
+                r = results[-1]
+                print(f"{fam:<12}{model:<10}{batch:>6}{frac:>6.1f}{r['cascade_rt_ms']:>10.2f}"
+                      f"{r['bert_tier_ms']:>10.2f}{r['family_over_bert_tier']:>9.3f}"
+                      f"{r['speedup_vs_hf']:>8.2f}x{r['bert_speedup_vs_hf']:>8.2f}x{r['max_abs_logit_diff']:>9.1e}",
+                      flush=True)
+    return results
+
+
 def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -191,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also profile one call of each model per case (top ops by self CPU time)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="one tiny case (smoke test)")
+    p.add_argument("--family", nargs="+", choices=FAMILIES, default=None,
+                   help="time these families' tiers against a BERT tier of the same shape")
     p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
@@ -213,6 +306,19 @@ def main(argv: list[str] | None = None) -> int:
                      "(speedup_min/max: spread over sweeps, or over passes when repeat is 1)")
     cfg["repeat"] = args.repeat
 
+    if args.family:
+        cfg["baseline"] = ("each family's transformers *ForSequenceClassification (sdpa, padded), and a "
+                           "cascade_rt BERT tier of the same shape")
+        cfg["families"] = args.family
+        print(f"device {common.device_name(device)}, {cfg['dtype']}; backends {common.op_backends(device)}")
+        print(f"{'family':<12}{'model':<10}{'batch':>6}{'avg':>6}{'ours ms':>10}{'BERT ms':>10}"
+              f"{'/BERT':>9}{'vs HF':>9}{'BERT/HF':>9}{'diff':>9}")
+        results = []
+        for model in cfg["models"]:
+            results += run_family_cases(args.family, model, cfg, device, dtype)
+        path = common.write_result("e2e_tier_families", device, cfg, results, Path(args.out_dir))
+        print(f"wrote {path}")
+        return 0
     peak = common.gemm_peak_flops(device, dtype)
     cfg["peak_flops_measured"] = peak
     print(f"device {common.device_name(device)}, {cfg['dtype']}, measured matmul peak "

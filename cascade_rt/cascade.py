@@ -61,15 +61,94 @@ def _check_thresholds(thresholds: Sequence[float], num_tiers: int) -> list[float
     return thresholds
 
 
+def _named_labels(config) -> dict[int, str] | None:
+    """``id2label`` when the config names its labels (not transformers' ``LABEL_<i>`` defaults)."""
+    id2label = config.raw.get("id2label")
+    if not id2label:
+        return None
+    labels = {int(k): str(v) for k, v in id2label.items()}
+    if all(v == f"LABEL_{k}" for k, v in labels.items()):
+        return None
+    return labels
+
+
+def _vocab_difference(a: dict, b: dict) -> str | None:
+    """How two :func:`cascade_rt.checkpoint.vocabulary` results differ, or None when every
+    kind of vocabulary data both hold is equal (an error too when they hold no common kind)."""
+    compared = False
+    ta, tb = a.get("tokens"), b.get("tokens")
+    if ta is not None and tb is not None:
+        compared = True
+        if len(ta) != len(tb):
+            return f"{len(ta)} vs {len(tb)} tokens"
+        for i, (x, y) in enumerate(zip(ta, tb)):
+            if x != y:
+                return f"token id {i} is {x!r} vs {y!r}"
+    ma, mb = a.get("merges"), b.get("merges")
+    if ma is not None and mb is not None:
+        compared = True
+        if ma != mb:
+            return "the BPE merges differ"
+    sa, sb = a.get("sentencepiece"), b.get("sentencepiece")
+    if sa is not None and sb is not None and not (ta is not None and tb is not None):
+        compared = True
+        if sa != sb:
+            return "the SentencePiece models differ"
+    if not compared:
+        return (f"they hold no common kind of vocabulary file to compare ({', '.join(a['files'])} "
+                f"vs {', '.join(b['files'])})")
+    return None
+
+
+def _check_compatible(tiers: Sequence[Tier]) -> None:
+    """Tiers must share one tokenizer (vocabulary file contents, where the tiers came from a
+    directory that holds them, else the vocabulary size) and one label set (``num_labels``, and
+    ``id2label`` where both name their labels); raise one ValueError saying what differs."""
+    from .checkpoint import vocabulary
+
+    first = tiers[0].config
+    src0 = tiers[0].source_dir
+    vocab0 = vocabulary(src0) if src0 else None
+
+    def origin(i, t):
+        return f" (tier {i}: {t.config.model_type}{', ' + t.source_dir if t.source_dir else ''})"
+
+    for i, t in enumerate(tiers[1:], 1):
+        cfg = t.config
+        where = origin(i, t) + origin(0, tiers[0])
+        if cfg.vocab_size != first.vocab_size:
+            raise ValueError(
+                f"tier {i} has vocab_size {cfg.vocab_size} but tier 0 has {first.vocab_size}; "
+                f"tiers must share one vocabulary{where}"
+            )
+        vocab = vocabulary(t.source_dir) if t.source_dir else None
+        if vocab0 is not None and vocab is not None:
+            why = _vocab_difference(vocab0, vocab)
+            if why:
+                raise ValueError(f"tier {i} and tier 0 have different tokenizer vocabularies: {why}; "
+                                 f"tiers must share one tokenizer{where}")
+        if cfg.num_labels != first.num_labels:
+            raise ValueError(
+                f"tier {i} has num_labels {cfg.num_labels} but tier 0 has {first.num_labels}; "
+                f"tiers must classify into the same labels{where}"
+            )
+        la, lb = _named_labels(first), _named_labels(cfg)
+        if la is not None and lb is not None and la != lb:
+            raise ValueError(f"tier {i} has id2label {lb} but tier 0 has {la}; "
+                             f"tiers must classify into the same labels{where}")
+
+
 class CascadeBert(nn.Module):
-    """A cascade of complete BERT classifiers, smallest first.
+    """A cascade of complete BERT-family classifiers, smallest first (families may mix when
+    they share the tokenizer and the labels: DistilBERT -> BERT, DistilRoBERTa -> RoBERTa, ...).
 
     A row exits at tier ``i`` when its confidence (max softmax probability) is
     ``>= thresholds[i]``; the last tier takes every row left. Tier ``i+1`` runs only on the
     rows that did not exit: their token ids are compacted on the device between tiers.
 
     Args:
-        tiers: the tiers, smallest first; they must share vocabulary and number of labels.
+        tiers: the tiers, smallest first; they must share the tokenizer (vocabulary file
+            contents) and the labels (``num_labels``, ``id2label`` where both name them).
         thresholds: one per tier but the last, each in [0, 1].
     """
 
@@ -77,18 +156,7 @@ class CascadeBert(nn.Module):
         super().__init__()
         if len(tiers) == 0:
             raise ValueError("a cascade needs at least one tier")
-        first = tiers[0].config
-        for i, t in enumerate(tiers[1:], 1):
-            if t.config.vocab_size != first.vocab_size:
-                raise ValueError(
-                    f"tier {i} has vocab_size {t.config.vocab_size} but tier 0 has {first.vocab_size}; "
-                    "tiers must share one vocabulary"
-                )
-            if t.config.num_labels != first.num_labels:
-                raise ValueError(
-                    f"tier {i} has num_labels {t.config.num_labels} but tier 0 has {first.num_labels}; "
-                    "tiers must classify into the same labels"
-                )
+        _check_compatible(tiers)
         self.tiers = nn.ModuleList(tiers)
         self.thresholds = _check_thresholds(thresholds, len(tiers))
         #: when True, never read counts back to the host between tiers: later tiers run on
@@ -109,7 +177,8 @@ class CascadeBert(nn.Module):
     ) -> "CascadeBert":
         """Load from HF tier directories (smallest first) or a directory saved by :meth:`save_pretrained`.
 
-        ``paths``: a list of ``BertForSequenceClassification`` directories, or one directory
+        ``paths``: a list of ``*ForSequenceClassification`` directories of any supported family
+        (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA), or one directory
         with a ``cascade.json`` (its thresholds are used unless ``thresholds`` is given), or one
         HF directory (a one-tier cascade).
         """

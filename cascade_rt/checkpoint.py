@@ -1,10 +1,11 @@
 """Hugging Face checkpoint directories <-> tier weights, with strict key matching.
 
-A tier directory is what ``BertForSequenceClassification.save_pretrained`` writes:
+A tier directory is what ``<Family>ForSequenceClassification.save_pretrained`` writes (BERT,
+DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA; the family comes from ``model_type``):
 ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, or a sharded index of
 either). Keys must match a tier's state dict exactly: a missing or unexpected key is an error
 that lists the keys. The only keys dropped silently are buffers that old checkpoints carry
-and that hold no weights (``bert.embeddings.position_ids``, ``bert.embeddings.token_type_ids``).
+and that hold no weights (``<prefix>.embeddings.position_ids``, ``.token_type_ids``).
 """
 from __future__ import annotations
 
@@ -26,10 +27,16 @@ __all__ = [
     "save_tier",
     "make_classifier_checkpoint",
     "TOKENIZER_FILES",
+    "vocabulary",
 ]
 
 IGNORED_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+#: the tokenizer files a tier directory may hold: WordPiece ``vocab.txt``, byte-level BPE
+#: ``vocab.json`` + ``merges.txt`` (RoBERTa), SentencePiece models (XLM-R, CamemBERT), the fast
+#: tokenizer's ``tokenizer.json`` and the settings files. ``save_pretrained`` copies those present.
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
                  "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -73,7 +80,51 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: no weights found (looked for {', '.join(_WEIGHT_FILES)})")
 
 
-def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], where: str) -> None:
+def vocabulary(path) -> dict | None:
+    """What fixes the token ids of a checkpoint directory's tokenizer, for comparing tiers.
+
+    Returns ``None`` when the directory holds no tokenizer file, else a dict with, where
+    found: ``tokens`` (list of tokens in id order, from ``tokenizer.json``'s model, else
+    ``vocab.txt`` or ``vocab.json``), ``merges`` (BPE merges, from ``tokenizer.json`` or
+    ``merges.txt``), ``sentencepiece`` (the model file's bytes), and ``files`` (names read).
+    """
+    path = Path(path)
+    out: dict = {"files": []}
+    tj = path / "tokenizer.json"
+    if tj.is_file():
+        try:
+            model = json.loads(tj.read_text()).get("model") or {}
+        except json.JSONDecodeError:
+            model = {}
+        vocab = model.get("vocab")
+        if isinstance(vocab, dict):
+            out["tokens"] = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+            out["tokens"] = [p[0] if isinstance(p, list) else p for p in vocab]
+        if model.get("merges") is not None:
+            out["merges"] = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+        out["files"].append(tj.name)
+    if "tokens" not in out and (path / "vocab.txt").is_file():
+        out["tokens"] = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        out["files"].append("vocab.txt")
+    if "tokens" not in out and (path / "vocab.json").is_file():
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        out["tokens"] = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        out["files"].append("vocab.json")
+    if "merges" not in out and (path / "merges.txt").is_file():
+        lines = (path / "merges.txt").read_text(encoding="utf-8").splitlines()
+        out["merges"] = [ln for ln in lines if ln and not ln.startswith("#version")]
+        out["files"].append("merges.txt")
+    for name in ("sentencepiece.bpe.model", "spiece.model"):
+        if (path / name).is_file():
+            out["sentencepiece"] = (path / name).read_bytes()
+            out["files"].append(name)
+            break
+    return out if out["files"] else None
+
+
+def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], where: str,
+                prefix: str = "bert") -> None:
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing or unexpected:
@@ -83,10 +134,10 @@ def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Te
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
         hint = ""
-        if missing and all(not k.startswith("bert.") for k in got):
-            hint = (" (keys have no 'bert.' prefix: this looks like a BertModel encoder without a "
+        if missing and all(not k.startswith(f"{prefix}.") for k in got):
+            hint = (f" (keys have no '{prefix}.' prefix: this looks like an encoder without a "
                     "classification head; see cascade_rt.checkpoint.make_classifier_checkpoint)")
-        raise CheckpointError(f"{where}: state dict does not match a BERT sequence classifier: "
+        raise CheckpointError(f"{where}: state dict does not match a {prefix} sequence classifier: "
                               + "; ".join(parts) + hint)
     bad = [f"{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(v.shape)}"
            for k, v in expected.items() if tuple(got[k].shape) != tuple(v.shape)]
@@ -95,13 +146,14 @@ def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Te
 
 
 def load_tier(path, dtype: torch.dtype | None = None, device=None) -> Tier:
-    """Load a ``BertForSequenceClassification`` directory as a :class:`Tier`."""
+    """Load a BERT-family ``*ForSequenceClassification`` directory as a :class:`Tier`."""
     path = Path(path)
     config = TierConfig.from_hf_dict(read_config(path), source=str(path))
-    sd = {k: v for k, v in read_state_dict(path).items() if k not in IGNORED_BUFFERS}
+    fam = config.family
+    sd = {k: v for k, v in read_state_dict(path).items() if k not in fam.ignored_keys}
     with torch.device("meta"):
         tier = Tier(config)
-    _check_keys(tier.state_dict(), sd, str(path))
+    _check_keys(tier.state_dict(), sd, str(path), fam.keys.hf_layers.split(".")[0])
     tier.load_state_dict(sd, strict=True, assign=True)
     tier.source_dir = str(path)
     if dtype is not None or device is not None:
@@ -110,7 +162,9 @@ def load_tier(path, dtype: torch.dtype | None = None, device=None) -> Tier:
 
 
 def save_tier(tier: Tier, path, copy_tokenizer: bool = True) -> None:
-    """Write a tier as a Hugging Face ``BertForSequenceClassification`` directory."""
+    """Write a tier as its family's Hugging Face ``*ForSequenceClassification`` directory
+    (``architectures`` and ``model_type`` set, so ``AutoModelForSequenceClassification`` loads it
+    as the same class), with the tokenizer files of the directory it was loaded from."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -146,6 +200,9 @@ def make_classifier_checkpoint(
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     cfg = read_config(encoder_dir)
     TierConfig.from_hf_dict(cfg, source=str(encoder_dir))
+    if cfg.get("model_type") != "bert":
+        raise CheckpointError(f"{encoder_dir}: make_classifier_checkpoint turns BERT encoders into "
+                              f"classifiers; model_type is {cfg.get('model_type')!r}")
     sd = read_state_dict(encoder_dir)
     sd = {(k if k.startswith(("bert.", "classifier.")) else f"bert.{k}"): v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if k not in IGNORED_BUFFERS}

@@ -1,7 +1,10 @@
 """Analytic cost (floating-point operations) of tiers and cascades.
 
 Counts multiply-adds as 2 FLOPs in every matrix product: the QKV, output and FFN
-projections, attention scores and weighted values, the pooler and the classifier.
+projections, attention scores and weighted values, ELECTRA's embedding projection (when
+``embedding_size != hidden_size``), and the head: its first dense layer (BERT's pooler,
+RoBERTa's / ELECTRA's ``classifier.dense``, DistilBERT's ``pre_classifier``, all ``H x H``)
+and the classifier.
 Element-wise work (LayerNorm, softmax, GELU, embeddings) is left out: it is O(tokens x
 hidden), a few percent of a layer.
 """
@@ -32,7 +35,8 @@ def tier_flops(config, lengths: Iterable[int]) -> int:
     per_token_layer = 2 * (4 * H * H + 2 * H * I)
     attention = sum(2 * 2 * n * n * H for n in lengths)  # QK^T and PV, all heads
     head = len(lengths) * 2 * (H * H + H * C)
-    return L * (tokens * per_token_layer + attention) + head
+    project = tokens * 2 * cfg.embedding_size * H if getattr(cfg, "embedding_size", None) else 0
+    return L * (tokens * per_token_layer + attention) + head + project
 
 
 def padded_tier_flops(config, lengths: Sequence[int], padded_len: int | None = None) -> int:

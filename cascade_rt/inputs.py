@@ -74,8 +74,11 @@ def prepare_inputs(
                 f"{name} is on {t.device} but the model is on {device}; move the input or the model"
             )
     vocab = min(c.vocab_size for c in limits)
-    n_types = min(c.type_vocab_size for c in limits)
-    max_pos = min(c.max_position_embeddings for c in limits)
+    # tiers without token types (DistilBERT, type_vocab_size 0) take any; RoBERTa-family
+    # positions start past pad_token_id, so their rows are shorter than the position table
+    typed = [c.type_vocab_size for c in limits if c.type_vocab_size > 0]
+    n_types = min(typed) if typed else 2**62
+    max_pos = min(c.max_seq_len for c in limits)
     if trim is None:
         trim = device.type == "cpu"
 

@@ -46,7 +46,7 @@ def _(x, residual, weight, bias, eps):
 
 
 @torch.library.register_fake("cascade_rt::exit_head")
-def _(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
+def _(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation="tanh"):
     B, C = cls_hidden.shape[0], cls_w.shape[0]
     f = cls_hidden.new_empty((B, C), dtype=torch.float32)
     return f, cls_hidden.new_empty((B,), dtype=torch.float32), cls_hidden.new_empty((B,), dtype=torch.bool)
@@ -101,6 +101,7 @@ def _scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, o
 # linear has no kernel in csrc/: on CPU it is ATen's (the reference: F.linear + activation +
 # a device-side zero fill of the dead rows), so that a cascade forced onto this backend still
 # runs sync-free. Skipping the dead rows' work needs the Triton kernel (CUDA).
+from .reference import EXIT_HEAD_ACTIVATIONS as _EXIT_HEAD_ACTIVATIONS  # noqa: E402
 from .reference import LINEAR_ACTIVATIONS as _LINEAR_ACTIVATIONS  # noqa: E402
 from .reference import linear_ref as _linear  # noqa: E402
 
@@ -174,6 +175,8 @@ def why_not(op: str, *args) -> str | None:
             why = _float(name, t)
             if why:
                 return why
+        if len(args) > 6 and args[6] not in _EXIT_HEAD_ACTIVATIONS:
+            return f"activation {args[6]!r} is not one of {', '.join(_EXIT_HEAD_ACTIVATIONS)}"
         return None
     if op == "compact":
         mask, tokens, cu = args[:3]

@@ -91,19 +91,27 @@ def exit_head(
     cls_w: torch.Tensor,
     cls_b: torch.Tensor,
     threshold: float,
+    activation: str = "tanh",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fused exit decision of one tier: ``tanh(pooler) -> classifier -> softmax -> max -> >=``.
+    """The fused exit decision of one tier: ``act(dense) -> classifier -> softmax -> max -> >=``.
 
     Args:
-        cls_hidden: (B, H): each row's first-token hidden state.
-        pooler_w: (H, H), pooler_b: (H,): BERT pooler dense layer.
-        cls_w: (C, H), cls_b: (C,): classifier.
+        cls_hidden: (B, H), float32/float16/bfloat16: each row's first-token hidden state.
+        pooler_w: (H, H), pooler_b: (H,): the head's first dense layer (BERT pooler,
+            RoBERTa / XLM-R / ELECTRA ``classifier.dense``, DistilBERT ``pre_classifier``).
+        cls_w: (C, H), cls_b: (C,): classifier (``classifier`` or ``classifier.out_proj``).
         threshold: a row exits when its max softmax probability (fp32) is ``>= threshold``.
+        activation: applied in fp32 after the dense layer: ``"tanh"`` (BERT, RoBERTa),
+            ``"relu"`` (DistilBERT), ``"gelu"`` (erf; ELECTRA) or ``"gelu_tanh"``.
 
     Returns:
         logits (B, C) float32, confidence (B,) float32, exit_mask (B,) bool.
     """
-    return dispatch("exit_head", cls_hidden, pooler_w, pooler_b, cls_w, cls_b, float(threshold))
+    from .reference import EXIT_HEAD_ACTIVATIONS
+
+    if activation not in EXIT_HEAD_ACTIVATIONS:
+        raise ValueError(f"exit_head activation {activation!r} is not one of {EXIT_HEAD_ACTIVATIONS}")
+    return dispatch("exit_head", cls_hidden, pooler_w, pooler_b, cls_w, cls_b, float(threshold), activation)
 
 
 def compact(

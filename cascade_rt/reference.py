@@ -34,6 +34,7 @@ __all__ = [
     "unpack_ref",
     "linear_ref",
     "LINEAR_ACTIVATIONS",
+    "EXIT_HEAD_ACTIVATIONS",
     "token_row_ids_ref",
 ]
 
@@ -104,6 +105,23 @@ def add_layer_norm_ref(
     return y.to(x.dtype)
 
 
+#: activations the exit head applies after its first dense layer: tanh (BERT pooler, RoBERTa /
+#: XLM-R head), ReLU (DistilBERT ``pre_classifier``), GELU erf (ELECTRA), GELU tanh approximation.
+EXIT_HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
+
+
+def _exit_head_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "tanh":
+        return torch.tanh(x)
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "gelu":
+        return F.gelu(x)
+    if activation == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    raise ValueError(f"exit_head activation {activation!r} is not one of {EXIT_HEAD_ACTIVATIONS}")
+
+
 def exit_head_ref(
     cls_hidden: torch.Tensor,
     pooler_w: torch.Tensor,
@@ -111,15 +129,19 @@ def exit_head_ref(
     cls_w: torch.Tensor,
     cls_b: torch.Tensor,
     threshold: float,
+    activation: str = "tanh",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pooler (dense + tanh), classifier, softmax, max probability and threshold test.
+    """Head dense layer + activation, classifier, softmax, max probability and threshold test.
 
-    cls_hidden: (B, H).  pooler_w: (H, H), pooler_b: (H,).  cls_w: (C, H), cls_b: (C,).
-    threshold: confidence needed to exit, compared in fp32.
+    cls_hidden: (B, H).  pooler_w: (H, H), pooler_b: (H,): the head's first dense layer (BERT
+    pooler, RoBERTa ``classifier.dense``, DistilBERT ``pre_classifier``).  cls_w: (C, H),
+    cls_b: (C,): classifier.  threshold: confidence needed to exit, compared in fp32.
+    activation: one of :data:`EXIT_HEAD_ACTIVATIONS`, applied in fp32 after the dense layer.
     Returns logits (B, C) float32, confidence (B,) float32, exit_mask (B,) bool
     (``confidence >= threshold``).
     """
-    pooled = torch.tanh(F.linear(cls_hidden.float(), pooler_w.float(), pooler_b.float()))
+    pooled = _exit_head_activation(F.linear(cls_hidden.float(), pooler_w.float(), pooler_b.float()),
+                                   activation)
     logits = F.linear(pooled, cls_w.float(), cls_b.float())
     confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
     # a Python scalar against the fp32 tensor compares in fp32, with no host-to-device copy

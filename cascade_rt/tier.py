@@ -1,8 +1,12 @@
-"""One padding-free BERT sequence classifier (a cascade tier).
+"""One padding-free BERT-family sequence classifier (a cascade tier).
 
-Module and parameter names mirror ``transformers.BertForSequenceClassification`` exactly,
-so ``tier.state_dict()`` is a Hugging Face state dict and HF checkpoints load with strict key
-matching (see :mod:`cascade_rt.checkpoint`). The tier never pads: it runs on packed tokens
+The encoder here is shared by every family (BERT, DistilBERT, RoBERTa / XLM-R / CamemBERT,
+ELECTRA); its modules carry ``transformers.BertForSequenceClassification``'s names, and the
+family (:mod:`cascade_rt.models`, picked by ``config.model_type``) maps them to its own Hugging
+Face names at the state-dict boundary, so ``tier.state_dict()`` is the family's Hugging Face
+state dict and HF checkpoints load with strict key matching (see :mod:`cascade_rt.checkpoint`).
+The family also gives the embedding rule (position numbering, token types, ELECTRA's
+projection) and the exit head's activation. The tier never pads: it runs on packed tokens
 ``(T,)`` with ``cu_seqlens``; padded ``(B, S)`` input is packed on the device first.
 """
 from __future__ import annotations
@@ -25,10 +29,13 @@ __all__ = ["Tier"]
 class _Embeddings(nn.Module):
     def __init__(self, cfg: TierConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        width = cfg.embedding_size or cfg.hidden_size
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, width, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, width)
+        # families without token types (DistilBERT) have no table
+        self.token_type_embeddings = (nn.Embedding(cfg.type_vocab_size, width)
+                                      if cfg.family.token_types else None)
+        self.LayerNorm = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
 
 
 class _SelfAttention(nn.Module):
@@ -129,7 +136,12 @@ class _Bert(nn.Module):
     def __init__(self, cfg: TierConfig):
         super().__init__()
         self.embeddings = _Embeddings(cfg)
+        # ELECTRA: embeddings narrower than the encoder are projected after their LayerNorm
+        self.embeddings_project = (nn.Linear(cfg.embedding_size, cfg.hidden_size)
+                                   if cfg.embedding_size else None)
         self.encoder = _Encoder(cfg)
+        # the head's first dense layer: BERT's pooler, RoBERTa's / ELECTRA's classifier.dense,
+        # DistilBERT's pre_classifier (the family renames it)
         self.pooler = _Pooler(cfg)
 
 
@@ -148,22 +160,53 @@ def _activation(name: str):
     raise ValueError(f"unsupported hidden_act {name!r}")
 
 
+def _to_hf_names(module: "Tier", state_dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: internal names -> the family's Hugging Face names, in place."""
+    keys = module.family.keys
+    renames = {k: prefix + keys.to_hf(k[len(prefix):]) for k in state_dict if k.startswith(prefix)}
+    _rename(state_dict, renames)
+
+
+def _from_hf_names(module: "Tier", state_dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: the family's Hugging Face names -> internal names, in place;
+    keys that are not the family's stay as they are (strict loading reports them)."""
+    keys = module.family.keys
+    renames = {}
+    for k in state_dict:
+        if k.startswith(prefix):
+            internal = keys.from_hf(k[len(prefix):])
+            if internal is not None:
+                renames[k] = prefix + internal
+    _rename(state_dict, renames)
+
+
+def _rename(state_dict, renames: dict) -> None:
+    renames = {k: v for k, v in renames.items() if k != v}
+    values = {renames[k]: state_dict.pop(k) for k in list(renames)}
+    state_dict.update(values)
+
+
 class Tier(nn.Module):
-    """A BERT sequence classifier that runs padding-free.
+    """A BERT-family sequence classifier that runs padding-free.
 
     ``Tier(config)`` builds it with uninitialised weights; load them with
     :func:`cascade_rt.checkpoint.load_tier` or ``Tier.from_pretrained(dir)``.
     Calling the module returns logits ``(B, num_labels)`` float32.
+    ``state_dict()`` / ``load_state_dict()`` speak the family's Hugging Face names.
     """
 
     def __init__(self, config: TierConfig):
         super().__init__()
         self.config = config
+        self.family = config.family
         self.bert = _Bert(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self._act = _activation(config.hidden_act)
         self._act_name = _LINEAR_ACTIVATION[config.hidden_act]
+        self._head_act = self.family.head_activation(config)
         self.source_dir: str | None = None
+        self.register_state_dict_post_hook(_to_hf_names)
+        self.register_load_state_dict_pre_hook(_from_hf_names)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -216,7 +259,12 @@ class Tier(nn.Module):
         return x
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """Embeddings + LayerNorm of packed tokens: (T,) ids/types -> (T, hidden)."""
+        """Embeddings + LayerNorm of packed tokens: (T,) ids/types -> (T, hidden).
+
+        The family's rule: positions (RoBERTa family: from ``pad_token_id + 1``, pad tokens at
+        ``pad_token_id``), token types (none for DistilBERT: ``token_type_ids`` is ignored),
+        and ELECTRA's projection of narrower embeddings to the hidden size.
+        """
         cfg = self.config
         emb = self.bert.embeddings
         T = input_ids.shape[0]
@@ -224,11 +272,18 @@ class Tier(nn.Module):
         starts = torch.cat([cu_seqlens.to(torch.int64), cu_seqlens.new_zeros(1).to(torch.int64)])
         # position of each token inside its row; dead slots clamp into range (results unused)
         pos = torch.arange(T, device=input_ids.device) - starts[row]
+        pos = self.family.position_ids(input_ids, pos, cfg.pad_token_id)
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
-        x = emb.word_embeddings(input_ids) + emb.position_embeddings(pos)
+        x = emb.word_embeddings(input_ids)
         # slots past cu_seqlens[-1] are dead: the LayerNorm may skip them (none on exact shapes)
-        return ops.add_layer_norm(x, emb.token_type_embeddings(token_type_ids), emb.LayerNorm.weight,
-                                  emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
+        if emb.token_type_embeddings is None:  # no token types: LayerNorm(word + position)
+            x = ops.add_layer_norm(x, emb.position_embeddings(pos), emb.LayerNorm.weight,
+                                   emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
+        else:
+            x = ops.add_layer_norm(x + emb.position_embeddings(pos), emb.token_type_embeddings(token_type_ids),
+                                   emb.LayerNorm.weight, emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
+        proj = self.bert.embeddings_project
+        return x if proj is None else dense_layer(x, proj.weight, proj.bias)
 
     def run_layer(
         self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
@@ -277,10 +332,12 @@ class Tier(nn.Module):
         return hidden.index_select(0, idx)
 
     def exit_head(self, cls_hidden: torch.Tensor, threshold: float):
-        """Fused pooler + classifier + confidence test; see :func:`cascade_rt.ops.exit_head`."""
+        """Fused head dense + activation + classifier + confidence test (the family's head:
+        BERT pooler + tanh, RoBERTa dense + tanh, DistilBERT pre_classifier + ReLU, ELECTRA dense +
+        GELU); see :func:`cascade_rt.ops.exit_head`."""
         return ops.exit_head(
             cls_hidden, self.bert.pooler.dense.weight, self.bert.pooler.dense.bias,
-            self.classifier.weight, self.classifier.bias, threshold,
+            self.classifier.weight, self.classifier.bias, threshold, self._head_act,
         )
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:

@@ -67,9 +67,10 @@ def _add_layer_norm(
 @_register(f"{NAMESPACE}::exit_head", mutates_args=())
 def _exit_head(
     cls_hidden: torch.Tensor, pooler_w: torch.Tensor, pooler_b: torch.Tensor,
-    cls_w: torch.Tensor, cls_b: torch.Tensor, threshold: float,
+    cls_w: torch.Tensor, cls_b: torch.Tensor, threshold: float, activation: str = "tanh",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _eh.exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, launch=wrap_triton)
+    return _eh.exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation,
+                         launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::compact", mutates_args=())
@@ -126,7 +127,7 @@ def _(x, residual, weight, bias, eps, cu_seqlens=None):
 
 
 @_exit_head.register_fake
-def _(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
+def _(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation="tanh"):
     B, C = cls_hidden.shape[0], cls_w.shape[0]
     return (cls_hidden.new_empty((B, C), dtype=torch.float32),
             cls_hidden.new_empty((B,), dtype=torch.float32),
@@ -172,9 +173,9 @@ def add_layer_norm(x, residual, weight, bias, eps, cu_seqlens=None):
     return torch.ops.cascade_rt_triton.add_layer_norm(x, residual, weight, bias, float(eps), cu_seqlens)
 
 
-def exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
+def exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation="tanh"):
     return torch.ops.cascade_rt_triton.exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b,
-                                                 float(threshold))
+                                                 float(threshold), str(activation))
 
 
 def compact(exit_mask, tokens, cu_seqlens):
@@ -299,7 +300,9 @@ def _why_add_layer_norm(x, residual, weight, bias, eps, cu_seqlens=None):
     return None if cu_seqlens is None else _cu_reason(cu_seqlens)
 
 
-def _why_exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold):
+def _why_exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation="tanh"):
+    if activation not in _eh.ACTIVATIONS:
+        return f"activation {activation!r} is not one of {', '.join(_eh.ACTIVATIONS)}"
     r = _device_reason((cls_hidden, pooler_w, pooler_b, cls_w, cls_b))
     if r:
         return r

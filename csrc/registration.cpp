@@ -19,7 +19,7 @@ TORCH_LIBRARY(cascade_rt, m) {
       "add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> Tensor");
   m.def(
       "exit_head(Tensor cls_hidden, Tensor pooler_w, Tensor pooler_b, Tensor cls_w, Tensor cls_b, "
-      "float threshold) -> (Tensor logits, Tensor confidence, Tensor exit_mask)");
+      "float threshold, str activation=\"tanh\") -> (Tensor logits, Tensor confidence, Tensor exit_mask)");
   m.def(
       "compact(Tensor exit_mask, Tensor tokens, Tensor cu_seqlens) -> "
       "(Tensor tokens_kept, Tensor cu_seqlens_kept, Tensor row_index, Tensor n_kept)");

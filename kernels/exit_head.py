@@ -1,4 +1,5 @@
-"""Fused exit head: pooler (dense + tanh), classifier, softmax, max probability, threshold.
+"""Fused exit head: head dense + activation (tanh, relu, gelu, gelu_tanh), classifier, softmax,
+max probability, threshold.
 
 One program handles ``BLOCK_B`` rows end to end: the pooled vector of each row is built one
 ``BLOCK_J`` slice at a time and folded straight into the logits, so it never goes to memory.
@@ -12,7 +13,10 @@ import triton.language as tl
 
 from ._common import INTERPRET, next_pow2
 
-__all__ = ["exit_head", "exit_head_kernel", "MAX_CLASSES"]
+__all__ = ["exit_head", "exit_head_kernel", "MAX_CLASSES", "ACTIVATIONS"]
+
+#: the head activations the kernel fuses (BERT/RoBERTa tanh, DistilBERT relu, ELECTRA gelu).
+ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 
 #: the classifier width the kernel holds in registers.
 MAX_CLASSES = 256
@@ -25,12 +29,27 @@ def _tanh(x):
 
 
 @triton.jit
+def _head_activation(x, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "tanh":
+        x = _tanh(x)
+    elif ACTIVATION == "relu":
+        x = tl.maximum(x, 0.0)
+    elif ACTIVATION == "gelu":
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    else:  # gelu_tanh; 2z capped at 80 so exp never overflows (tanh is 1 long before)
+        z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = 0.5 * x * (2.0 - 2.0 / (tl.exp(tl.minimum(2.0 * z, 80.0)) + 1.0))
+    return x
+
+
+@triton.jit
 def exit_head_kernel(
     x_ptr, pw_ptr, pb_ptr, cw_ptr, cb_ptr,
     logits_ptr, conf_ptr, mask_ptr,
     B, H, C,
     stride_xb, stride_pw, stride_cw,
     threshold,
+    ACTIVATION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -52,7 +71,7 @@ def exit_head_kernel(
                         mask=j_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
             acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
         pb = tl.load(pb_ptr + js, mask=j_ok, other=0.0).to(tl.float32)
-        pooled = _tanh(acc + pb[None, :])
+        pooled = _head_activation(acc + pb[None, :], ACTIVATION)
         pooled = tl.where(j_ok[None, :], pooled, 0.0)
         cw = tl.load(cw_ptr + cls[:, None] * stride_cw + js[None, :],
                      mask=cls_ok[:, None] & j_ok[None, :], other=0.0).to(tl.float32)
@@ -87,17 +106,21 @@ def exit_head(
     cls_w: torch.Tensor,
     cls_b: torch.Tensor,
     threshold: float,
+    activation: str = "tanh",
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     launch=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton exit head; see :func:`cascade_rt.ops.exit_head`.
 
     cls_hidden: (B, H).  pooler_w: (H, H), pooler_b: (H,).  cls_w: (C, H), cls_b: (C,).
+    activation: one of :data:`ACTIVATIONS`, applied after the head's dense layer.
     out: optional preallocated (logits (B, C) float32, confidence (B,) float32, exit_mask
     (B,) bool), all contiguous; written in full.  launch: wraps the kernel for launching
     (``torch.library.wrap_triton`` inside a registered op).
     Returns logits (B, C) float32, confidence (B,) float32, exit_mask (B,) bool.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"exit_head activation {activation!r} is not one of {ACTIVATIONS}")
     B, H = cls_hidden.shape
     C = cls_w.shape[0]
     dev = cls_hidden.device
@@ -117,6 +140,6 @@ def exit_head(
     grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
     kernel[grid](
         x, pw, pb, cw, cb, logits, conf, mask.view(torch.uint8),
-        B, H, C, x.stride(0), pw.stride(0), cw.stride(0), float(threshold), **cfg,
+        B, H, C, x.stride(0), pw.stride(0), cw.stride(0), float(threshold), ACTIVATION=activation, **cfg,
     )
     return logits, conf, mask

@@ -1,8 +1,12 @@
-// CPU exit head: pooler GEMM (+bias) and classifier GEMM in fp32 through ATen's BLAS, tanh in
-// place, then one pass per row fusing softmax, max probability and the threshold test.
+// CPU exit head: head dense GEMM (+bias) and classifier GEMM in fp32 through ATen's BLAS, the
+// head activation (tanh, relu, gelu, gelu_tanh) in place, then one pass per row fusing softmax,
+// max probability and the threshold test.
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/tanh.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -16,7 +20,12 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
     const at::Tensor& cls_hidden, const at::Tensor& pooler_w, const at::Tensor& pooler_b,
-    const at::Tensor& cls_w, const at::Tensor& cls_b, double threshold) {
+    const at::Tensor& cls_w, const at::Tensor& cls_b, double threshold,
+    c10::string_view activation) {
+  TORCH_CHECK(activation == "tanh" || activation == "relu" || activation == "gelu" ||
+                  activation == "gelu_tanh",
+              "exit_head: activation '", activation,
+              "' is not one of tanh, relu, gelu, gelu_tanh");
   TORCH_CHECK(cls_hidden.dim() == 2, "exit_head: cls_hidden must be (B, H), got shape ",
               cls_hidden.sizes());
   const int64_t B = cls_hidden.size(0), H = cls_hidden.size(1);
@@ -41,7 +50,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
   if (B == 0) return {at::empty({0, C}, fopt), confidence, exit_mask};
 
   at::Tensor pooled = at::addmm(f32(pooler_b), f32(cls_hidden), f32(pooler_w).t());
-  pooled.tanh_();
+  if (activation == "tanh") {
+    pooled.tanh_();
+  } else if (activation == "relu") {
+    pooled.relu_();
+  } else {
+    at::gelu_(pooled, activation == "gelu" ? "none" : "tanh");
+  }
   at::Tensor logits = at::addmm(f32(cls_b), pooled, f32(cls_w).t()).contiguous();
 
   const float thr = (float)threshold;  // the test is done in fp32, as in the reference

@@ -1,5 +1,6 @@
-// CUDA exit head: the pooler GEMM through cuBLAS (fp32), then one block per row fusing tanh,
-// the classifier, softmax, max probability and the threshold test.
+// CUDA exit head: the head's dense GEMM through cuBLAS (fp32), then one block per row fusing the
+// head activation (tanh, relu, gelu, gelu_tanh), the classifier, softmax, max probability and the
+// threshold test.
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -11,14 +12,29 @@
 namespace cascade_rt::cuda {
 namespace {
 
+enum HeadActivation : int { kTanh = 0, kRelu = 1, kGelu = 2, kGeluTanh = 3 };
+
+__device__ __forceinline__ float head_activation(float x, int act) {
+  switch (act) {
+    case kRelu:
+      return fmaxf(x, 0.0f);
+    case kGelu:
+      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case kGeluTanh:
+      return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default:
+      return tanhf(x);
+  }
+}
+
 __global__ void exit_head_kernel(const float* __restrict__ pre, const float* __restrict__ cw,
                                  const float* __restrict__ cb, float* __restrict__ logits,
                                  float* __restrict__ confidence, bool* __restrict__ exit_mask,
-                                 int64_t H, int64_t C, float threshold) {
-  extern __shared__ float pooled[];  // H floats: tanh(pooler pre-activation) of this row
+                                 int64_t H, int64_t C, float threshold, int act) {
+  extern __shared__ float pooled[];  // H floats: activation(head pre-activation) of this row
   __shared__ float shared[kWarp];
   const int64_t row = blockIdx.x;
-  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) pooled[j] = tanhf(pre[row * H + j]);
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) pooled[j] = head_activation(pre[row * H + j], act);
   __syncthreads();
   float mx = -INFINITY;
   for (int64_t c = 0; c < C; ++c) {
@@ -39,7 +55,21 @@ __global__ void exit_head_kernel(const float* __restrict__ pre, const float* __r
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cuda(
     const at::Tensor& cls_hidden, const at::Tensor& pooler_w, const at::Tensor& pooler_b,
-    const at::Tensor& cls_w, const at::Tensor& cls_b, double threshold) {
+    const at::Tensor& cls_w, const at::Tensor& cls_b, double threshold,
+    c10::string_view activation) {
+  int act;
+  if (activation == "tanh") {
+    act = kTanh;
+  } else if (activation == "relu") {
+    act = kRelu;
+  } else if (activation == "gelu") {
+    act = kGelu;
+  } else if (activation == "gelu_tanh") {
+    act = kGeluTanh;
+  } else {
+    TORCH_CHECK(false, "exit_head: activation '", activation,
+                "' is not one of tanh, relu, gelu, gelu_tanh");
+  }
   TORCH_CHECK(cls_hidden.dim() == 2, "exit_head: cls_hidden must be (B, H), got shape ",
               cls_hidden.sizes());
   const int64_t B = cls_hidden.size(0), H = cls_hidden.size(1);
@@ -66,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cuda(
   const int threads = H >= 512 ? 256 : 128;
   exit_head_kernel<<<(unsigned)B, threads, H * sizeof(float), c10::cuda::getCurrentCUDAStream()>>>(
       pre.data_ptr<float>(), cw.data_ptr<float>(), cb.data_ptr<float>(), logits.data_ptr<float>(),
-      confidence.data_ptr<float>(), exit_mask.data_ptr<bool>(), H, C, (float)threshold);
+      confidence.data_ptr<float>(), exit_mask.data_ptr<bool>(), H, C, (float)threshold, act);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {logits, confidence, exit_mask};
 }
