@@ -69,8 +69,9 @@ def _exit_head(
     cls_hidden: torch.Tensor, pooler_w: torch.Tensor, pooler_b: torch.Tensor,
     cls_w: torch.Tensor, cls_b: torch.Tensor, threshold: float, activation: str = "tanh",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _eh.exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation,
-                         launch=wrap_triton)
+    with _on_device(cls_hidden):
+        return _eh.exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation,
+                             launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::compact", mutates_args=())
