@@ -56,7 +56,7 @@ def _check_equal(model, batches, outs, atol=2e-5):
         assert torch.equal(o.logits[first], ref.logits[first])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1),
        sizes=st.lists(st.integers(0, 9), min_size=1, max_size=8),
        max_len=st.integers(1, 33),
