@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .memory import bound_native_memory
+
+    bound_native_memory()  # before the first GEMM; see cascade_rt/predict/memory.py
     import torch
 
     from ..config import CheckpointError
