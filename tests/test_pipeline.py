@@ -41,6 +41,7 @@ def _expected(model, tokenizer, texts, pairs=None, max_length=None):
 
 def test_pipeline_equals_the_cascade_on_tokenizer_output(saved, tokenizer, sentences):
     clf = cascade_rt.pipeline(saved)
+    assert clf.id2label == LABELS  # names by class id, from tier_0/config.json
     res = clf(sentences)
     labels, conf, tiers = _expected(clf.model, tokenizer, sentences)
     assert [r["label"] for r in res] == [LABELS[i] for i in labels]
