@@ -58,13 +58,14 @@ def _expected(clf, texts, ids=None, chunk_rows=None):
 def test_cli_csv_with_quotes_newlines_unicode_and_empty(cascade_dir, clf, tmp_path, capsys):
     src = tmp_path / "in.csv"
     texts = TRICKY * 3
-    _write_csv(src, ["text", "note"], [[t, f"n{i}"] for i, t in enumerate(texts)])
+    ids = [f'id {i}, "quoted"\nnext line é' for i in range(len(texts))]  # the writer must quote these
+    _write_csv(src, ["text", "note"], list(zip(texts, ids)))
     out = tmp_path / "out.csv"
     rc = cli_main(["predict", str(cascade_dir), str(src), "--output", str(out), "--chunk-rows", "5",
-                   "--max-length", "64", "--max-batch-tokens", "256", "--no-progress"])
+                   "--id-column", "note", "--max-length", "64", "--max-batch-tokens", "256", "--no-progress"])
     assert rc == 0
     rows = _read_csv(out)
-    assert rows == _expected(clf, texts, chunk_rows=5)
+    assert rows == _expected(clf, texts, ids, chunk_rows=5)
     said = capsys.readouterr().out
     assert f"{len(texts)} rows -> {out}: {len(texts)} classified, 0 rejected, 3 truncated" in said
     assert "exits: tier 0" in said and "rows/s" in said

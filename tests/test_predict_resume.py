@@ -78,13 +78,13 @@ def test_torn_chunk_is_cut_back_on_resume(cascade_dir, tmp_path, monkeypatch, fm
     real = job_mod._write_progress
     calls = {"n": 0}
 
-    def crash_after_three_chunks(path, state):
-        if state["chunks_done"] == 3:
-            raise KeyboardInterrupt("power cut")  # chunk 3 is written but not recorded
+    def crash_in_last_chunk(path, state):
+        if state["chunks_done"] == 5:
+            raise KeyboardInterrupt("power cut")  # the last chunk (rows 100-119) is written but not recorded
         calls["n"] += 1
         real(path, state)
 
-    monkeypatch.setattr(job_mod, "_write_progress", crash_after_three_chunks)
+    monkeypatch.setattr(job_mod, "_write_progress", crash_in_last_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False)
     monkeypatch.setattr(job_mod, "_write_progress", real)
@@ -96,7 +96,7 @@ def test_torn_chunk_is_cut_back_on_resume(cascade_dir, tmp_path, monkeypatch, fm
     with pytest.raises(job_mod.JobError, match="chunk_rows changed"):
         run_predict(clf, cascade_dir, src, out, chunk_rows=30, on_bad_row="skip", progress=False, resume=True)
     s = run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False, resume=True)
-    assert s.resumed_from_row == 50
+    assert s.resumed_from_row == 100
     if fmt == "csv":
         assert out.read_bytes() == ref.read_bytes()
     else:
