@@ -95,6 +95,12 @@ def test_torn_chunk_is_cut_back_on_resume(cascade_dir, tmp_path, monkeypatch, fm
         run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False)
     with pytest.raises(job_mod.JobError, match="chunk_rows changed"):
         run_predict(clf, cascade_dir, src, out, chunk_rows=30, on_bad_row="skip", progress=False, resume=True)
+    if fmt == "csv":  # an output cut shorter than the record cannot be resumed
+        whole = out.read_bytes()
+        out.write_bytes(whole[:10])
+        with pytest.raises(job_mod.JobError, match="changed or lost since"):
+            run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False, resume=True)
+        out.write_bytes(whole)
     s = run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False, resume=True)
     assert s.resumed_from_row == 100
     if fmt == "csv":

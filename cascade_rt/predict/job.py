@@ -177,6 +177,18 @@ def run_predict(clf, cascade_dir, input_path, output, *, text_column: str = "tex
             raise JobError(f"cannot resume: {', '.join(changed)} changed since the interrupted run "
                            f"(was {[state['options'].get(k) for k in changed]}, now {[options[k] for k in changed]}); "
                            f"start over with --overwrite")
+        kept = ([(output, "output_bytes")] if out_fmt != "parquet" else []) + (
+            [(rej_path, "rejects_bytes")] if rej_path is not None else [])
+        for f, key in kept:
+            have = f.stat().st_size if f.exists() else 0
+            if have < state[key]:
+                raise JobError(f"cannot resume: {f} holds {have} bytes but the interrupted run had written "
+                               f"{state[key]}; it was changed or lost since; start over with --overwrite")
+        if out_fmt == "parquet":
+            parts = output.with_name(output.name + ".parts")
+            lost = [k for k in range(state["chunks_done"]) if not (parts / f"part-{k:08d}.parquet").is_file()]
+            if lost:
+                raise JobError(f"cannot resume: {parts} lacks the part of chunk {lost[0]}; start over with --overwrite")
     elif resume and output.exists():
         raise JobError(f"nothing to resume: {output} exists and has no {prog.name} (that run finished); "
                        f"pass --overwrite to redo it")
