@@ -267,8 +267,8 @@ class CascadeBert(nn.Module):
 
         Each output equals :meth:`forward` on that batch: tier 0 runs on the same rows, so its
         results are bitwise equal; a later tier runs the same ops on a different group of rows,
-        so its logits agree to fp32 rounding (bitwise where the kernels' row results do not
-        depend on the other rows, as on CPU) and a row's exit tier can differ only when its
+        so its logits agree to rounding (a GEMM's rounding depends on how many rows it holds,
+        on CPU too: about 1e-6 in fp32) and a row's exit tier can differ only when its
         confidence lies within that rounding of a threshold. Runs with exact shapes (one
         device read per tier run), whatever ``sync_free`` says.
         """
