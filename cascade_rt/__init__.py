@@ -12,6 +12,7 @@ from .cascade import CascadeBert, CascadeOutput  # noqa: E402
 from .checkpoint import CheckpointError, load_tier, make_classifier_checkpoint  # noqa: E402
 from .config import TierConfig  # noqa: E402
 from .inputs import InputError  # noqa: E402
+from .pipeline import Pipeline, pipeline  # noqa: E402
 from .tier import Tier  # noqa: E402
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "TierConfig",
     "CheckpointError",
     "InputError",
+    "pipeline",
+    "Pipeline",
     "load_tier",
     "make_classifier_checkpoint",
     "ops",

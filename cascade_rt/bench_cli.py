@@ -1,7 +1,8 @@
 """``cascade-rt bench``: the end-to-end benchmarks of ``bench/`` from one command.
 
 Runs ``bench/e2e_tier.py`` (one tier padding-free vs HF sdpa padded) and
-``bench/e2e_cascade.py`` (cascade vs its last tier at exit rates 0-90%) and, on the CPU,
+``bench/e2e_cascade.py`` (cascade vs its last tier at exit rates 0-90%), ``bench/e2e_stream.py``
+(the survivor queue across batches vs the per-batch cascade, 3 tiers) and, on the CPU,
 ``bench/e2e_vs_ort.py`` (one tier vs ONNX Runtime's BERT-optimized graph), each writing JSON and
 a PNG plot to ``bench/results/`` (or ``--out-dir``). The benchmark scripts live in the source
 tree, not in the installed package: run this from a clone (``pip install -e .``).
@@ -32,7 +33,8 @@ def _load(name: str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quick", action="store_true", help="tiny smoke run of every benchmark")
-    p.add_argument("--only", choices=("tier", "cascade", "ort"), default=None, help="run one benchmark")
+    p.add_argument("--only", choices=("tier", "cascade", "stream", "ort"), default=None,
+                   help="run one benchmark")
     p.add_argument("--out-dir", default=str(BENCH_DIR / "results"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         common += ["--threads", str(args.threads)]
     jobs = [("tier", "e2e_tier", []), ("cascade", "e2e_cascade", []),
             ("cascade", "e2e_cascade", ["--tiers", "3"] if not args.quick else None),
+            ("stream", "e2e_stream", []),
             ("ort", "e2e_vs_ort", [] if args.device == "cpu" else None)]
     t0 = time.perf_counter()
     for key, name, extra in jobs:

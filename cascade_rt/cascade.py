@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -306,3 +306,41 @@ class CascadeBert(nn.Module):
                         break
                     tokens, cu, row_index = tokens[:n_tok], cu[: n_rows + 1], row_index[:n_rows]
         return out
+
+    # -- streams of batches ------------------------------------------------------------------
+    @torch.no_grad()
+    def stream(
+        self,
+        batches: Iterable,
+        max_batch_tokens: int | None = None,
+        *,
+        max_batch_rows: int | None = None,
+    ) -> Iterator[CascadeOutput]:
+        """Classify a stream of batches; survivors wait across batches so later tiers run full.
+
+        Tier 0 runs on each input batch as it comes. Rows that do not exit at tier ``i`` wait
+        in tier ``i+1``'s queue until it holds ``max_batch_tokens`` tokens (default: the most
+        tokens of any input batch so far) or ``max_batch_rows`` rows; at the end of the input
+        every queue is flushed. One :class:`CascadeOutput` is yielded per input batch, in input
+        order, once all its rows have exited; its ``rows_per_tier`` / ``tokens_per_tier``
+        count that batch's rows and tokens at each tier.
+
+        Args:
+            batches: iterable of dicts with the arguments of :meth:`forward`: ``input_ids:
+                (B, S) int`` with ``attention_mask: (B, S)`` (HF tokenizer output), or
+                packed ``input_ids: (T,) int`` with ``cu_seqlens: (B+1,) int32``;
+                ``token_type_ids`` (same shape as ``input_ids``) optional. Tensors on
+                another device are moved to the model's.
+            max_batch_tokens: token budget of a later tier's run (a row longer than it runs alone).
+            max_batch_rows: optional row limit of a later tier's run.
+
+        Each output equals :meth:`forward` on that batch: tier 0 runs on the same rows, so its
+        results are bitwise equal; a later tier runs the same ops on a different group of rows,
+        so its logits agree to rounding (a GEMM's rounding depends on how many rows it holds,
+        on CPU too: about 1e-6 in fp32) and a row's exit tier can differ only when its
+        confidence lies within that rounding of a threshold. Runs with exact shapes (one
+        device read per tier run), whatever ``sync_free`` says.
+        """
+        from .survivor_queue import SurvivorQueue
+
+        return SurvivorQueue(self, max_batch_tokens, max_batch_rows).run(batches)

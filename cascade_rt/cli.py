@@ -15,6 +15,7 @@ COMMANDS = {
     "infer": ("cascade_rt.infer_demo", "two-tier inference demo on the shipped MiniLM weights"),
     "train": ("cascade_rt.train.cli", "fine-tune one tier (optionally with DAO) on a data set"),
     "evaluate": ("cascade_rt.evaluate.cli", "choose thresholds on dev, report test metrics and speed-up"),
+    "predict": ("cascade_rt.predict.cli", "classify every row of a CSV/JSONL/Parquet file with a saved cascade"),
     "info": ("cascade_rt.info", "versions and available backends"),
     "bench": ("cascade_rt.bench_cli", "end-to-end benchmarks (bench/), JSON + plots in bench/results/"),
 }
