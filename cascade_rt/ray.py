@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,8 @@ def read_rows(inputs, *, text_column: str = "text", pair_column: str | None = No
     ds = ray.data.from_items(files, override_num_blocks=len(files))
     # a read task takes no CPU of its own: with CPU-bound actors holding every CPU it still runs
     # (else the job waits forever), and ``concurrency`` bounds how many files are read at once
-    return ds.map_batches(_read_file, batch_size=1, batch_format="numpy", num_cpus=0, concurrency=concurrency,
+    return ds.map_batches(_read_file, batch_size=1, batch_format="numpy", num_cpus=0,
+                          concurrency=max(1, min(concurrency, len(files))),
                           fn_kwargs=dict(fmt=fmt, text_column=text_column, pair_column=pair_column,
                                          id_column=id_column, chunk_rows=chunk_rows))
 
@@ -307,27 +309,39 @@ def _ids(ids: list, id_type: str) -> np.ndarray:
 class _BadRow(BadRowError):
     """A :class:`BadRowError` that survives pickling (it crosses from an actor to the driver)."""
 
-    def __init__(self, reject: Reject, message: str | None = None):
-        super().__init__(reject)
-        if message is not None:
-            self.args = (message,)
+    def __init__(self, reject: Reject | None, message: str | None = None):
+        ValueError.__init__(self, message if message is not None else BadRowError(reject).args[0])
+        self.reject = reject  # None when only the message came back from the actor
 
     def __reduce__(self):
         return type(self), (self.reject, self.args[0])
 
 
-def _find(exc: BaseException, types: tuple):
-    """The first exception of ``types`` in ``exc``'s chain (Ray wraps a task's exception)."""
+_ORIGINAL = re.compile(r"^(cascade_rt\.ray\._BadRow|cascade_rt\.predict\.io\.InputFileError): (.+)$", re.M)
+
+
+def _original(exc: BaseException) -> Exception | None:
+    """The bad-row or input-file error that a Ray task raised, from the exception Ray raises here.
+
+    Ray Data wraps a task's exception in ``UserCodeException`` and only the remote traceback's
+    text comes back (the exception object does not), so the last line of that traceback, which
+    names our exception and its one-line message, is read back.
+    """
     seen, todo = set(), [exc]
-    while todo:
+    while todo:  # the exception object itself, where a Ray version keeps it
         e = todo.pop(0)
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, types) and type(e).__module__ != "ray.exceptions" and "RayTaskError" not in type(e).__name__:
-            return e
+        if isinstance(e, _BadRow) and not type(e).__module__.startswith("ray"):
+            return _BadRow(e.reject, e.args[0])
+        if type(e) is InputFileError:
+            return InputFileError(str(e))
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
+    m = _ORIGINAL.search(str(exc))
+    if m is None:
+        return None
+    return _BadRow(None, m.group(2)) if m.group(1).endswith("_BadRow") else InputFileError(m.group(2))
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -481,9 +495,9 @@ def run_ray_predict(cascade_dir, inputs, output, *, text_column: str = "text", p
     try:
         ds = read_rows(files, text_column=text_column, pair_column=pair_column, id_column=id_column,
                        input_format=in_fmt, chunk_rows=chunk_rows, concurrency=max(2, workers))
-        remote = {"max_restarts": -1, "max_task_retries": -1}
-        if gpus_per_worker:
-            remote["num_gpus"] = gpus_per_worker
+        # Ray Data's actor pool restarts a dead actor and resubmits its batches (its defaults
+        # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills a worker to check it)
+        remote = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
         mapped = ds.map_batches(
             predictor_cls, fn_constructor_args=(str(Path(cascade_dir).resolve()),),
             fn_constructor_kwargs=dict(text_column=text_column, pair_column=pair_column, id_column=id_column,
@@ -516,12 +530,10 @@ def run_ray_predict(cascade_dir, inputs, output, *, text_column: str = "text", p
             else:
                 rej.mkdir(parents=True, exist_ok=True)
     except Exception as exc:
-        found = _find(exc, (BadRowError, InputFileError))
+        found = _original(exc) if not isinstance(exc, (BadRowError, InputFileError)) else None
         if found is None:
             raise
-        if isinstance(found, BadRowError):
-            raise _BadRow(found.reject, found.args[0]) from None
-        raise InputFileError(str(found)) from None
+        raise found from None
     finally:
         if started:
             ray.shutdown()
