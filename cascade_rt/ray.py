@@ -489,15 +489,24 @@ def run_ray_predict(cascade_dir, inputs, output, *, text_column: str = "text", p
     started = False
     if not ray.is_initialized():
         kw = dict(include_dashboard=False, log_to_driver=True)
+        if address is None:  # a local Ray: one logical CPU per asked worker at least
+            kw["num_cpus"] = max(os.cpu_count() or 1, workers * (threads or 1))
         kw.update(ray_init_kwargs or {})
         ray.init(address=address, **kw)
         started = True
     try:
+        if started and address is None and gpus_per_worker:
+            have = ray.cluster_resources().get("GPU", 0)
+            if have < workers * gpus_per_worker:
+                raise JobError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs "
+                               f"{workers * gpus_per_worker:g} GPUs; this machine has {have:g}")
         ds = read_rows(files, text_column=text_column, pair_column=pair_column, id_column=id_column,
                        input_format=in_fmt, chunk_rows=chunk_rows, concurrency=max(2, workers))
         # Ray Data's actor pool restarts a dead actor and resubmits its batches (its defaults
         # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills a worker to check it)
-        remote = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
+        remote = {"num_cpus": threads or 1}  # an actor reserves the CPUs its torch threads use
+        if gpus_per_worker:
+            remote["num_gpus"] = gpus_per_worker
         mapped = ds.map_batches(
             predictor_cls, fn_constructor_args=(str(Path(cascade_dir).resolve()),),
             fn_constructor_kwargs=dict(text_column=text_column, pair_column=pair_column, id_column=id_column,
@@ -508,6 +517,10 @@ def run_ray_predict(cascade_dir, inputs, output, *, text_column: str = "text", p
             compute=ray.data.ActorPoolStrategy(size=workers), **remote)
         results = mapped.materialize()
         rows_per_file, exits = _tally(results)
+        n_out = results.count()
+        if n_out != sum(rows_per_file.values()):
+            raise JobError(f"{n_out} results for {sum(rows_per_file.values())} input rows: rows were lost or "
+                           f"duplicated on the way; nothing was written")
         offsets, acc = {}, 0
         for f in files:  # the files in sorted order, as one input
             offsets[f] = acc

@@ -148,6 +148,7 @@ def _dying_class(marker):
     return Dying
 
 
+@pytest.mark.slow  # about a minute on 2 loaded cores: four shards, two actors, one of them killed
 def test_a_dead_worker_is_replaced_and_its_batch_redone(local_ray, cascade_dir, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
