@@ -10,7 +10,7 @@ import pytest
 
 from cascade_rt import CascadeBert
 from cascade_rt.cli import main as cli_main
-from cascade_rt.predict import BadRowError, rejects_path, run_predict
+from cascade_rt.predict import BadRowError, RowChunk, predict_chunk, rejects_path, run_predict
 
 ray = pytest.importorskip("ray")
 
@@ -124,11 +124,49 @@ def test_bad_row_fails_the_ray_job_naming_file_row_and_column(local_ray, cascade
     with pytest.raises(BadRowError, match=r"b\.jsonl: bad input row: row 1 \(line 2\), column 'text': null value"):
         run_ray_predict(cascade_dir, src, tmp_path / "o.parquet", id_column="k", max_length=64, batch_size=4,
                         chunk_rows=4)
-    rc = cli_main(["predict", str(cascade_dir), str(src / "b.jsonl"), "-o", str(tmp_path / "o2.jsonl"), "--ray",
+    csv_src = tmp_path / "short.csv"
+    csv_src.write_text("id,text\n1,ok\n2\n")
+    rc = cli_main(["predict", str(cascade_dir), str(csv_src), "-o", str(tmp_path / "o2.jsonl"), "--ray",
                    "--max-length", "64"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("cascade-rt predict: error: ") and "row 1 (line 2), column 'text': null value" in err[-1]
+    assert err[-1].startswith("cascade-rt predict: error: ")
+    assert "short.csv: bad input row: row 1 (line 3), column 'text': the row has no such field" in err[-1]
+
+
+def test_predictor_takes_pandas_arrow_and_numpy_batches_without_ray(cascade_dir):
+    """The callable class alone (no Ray): every batch format gives predict_chunk's results, ids
+    being the batch's row numbers (or its id column), rejects after the classified rows."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from cascade_rt.ray import ROW, CascadePredictor
+
+    rows = list(range(1000, 1037))
+    texts = _texts(37, 5)
+    texts[3], texts[20] = None, 4.5
+    df = pd.DataFrame({"text": texts, "doc": [f"d{r}" for r in rows], ROW: rows})
+    arrow_df = df.assign(text=[None if k == 20 else t for k, t in enumerate(texts)])  # Arrow: one type a column
+    cases = [(df, "float value 4.5, not a string"), ({c: df[c].to_numpy() for c in df}, "float value 4.5, not a string"),
+             (pa.Table.from_pandas(arrow_df, preserve_index=False), "null value")]
+    for id_column in (None, "doc"):
+        pred = CascadePredictor(cascade_dir, id_column=id_column, on_bad_row="skip", max_length=64,
+                                max_batch_tokens=512)
+        exp = predict_chunk(pred.clf, RowChunk(rows, None, texts, id=list(df["doc"]) if id_column else None),
+                            id_column=id_column, on_bad_row="skip")
+        n = len(exp.ids)
+        assert n == 35
+        for batch, reason in cases:
+            out = pred(batch)
+            assert len(out["id"]) == 37
+            assert list(out["id"][:n]) == exp.ids
+            assert list(out["label"][:n]) == exp.labels
+            assert list(out["exit_tier"][:n]) == list(exp.exit_tier)
+            assert list(out["score"][:n]) == list(exp.scores)  # the same batch: the same arithmetic
+            assert list(out["row"]) == [r for r in rows if r not in (1003, 1020)] + [1003, 1020]
+            assert list(out["id"][n:]) == ([1003, 1020] if id_column is None else ["d1003", "d1020"])
+            assert list(out["reject_reason"][n:]) == ["null value", reason]
+            assert all(r is None for r in out["reject_reason"][:n]) and list(out["exit_tier"][n:]) == [-1, -1]
 
 
 # -- a worker that dies mid-job -----------------------------------------------------------------
