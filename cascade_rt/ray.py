@@ -11,9 +11,9 @@ Two public pieces, usable in any Ray Data pipeline:
   compute=ray.data.ActorPoolStrategy(size=N))``. It loads the cascade once per actor and classifies
   each batch with :func:`~cascade_rt.predict.job.predict_chunk` (validation, then the survivor
   queue of :meth:`CascadeBert.stream` across the batch's token-budget sub-batches). It returns one
-  row per input row: ``id``, ``label``, ``score``, ``exit_tier`` and, for a bad row under
-  ``on_bad_row="skip"``, the reject record (``row``, ``line``, ``reject_column``,
-  ``reject_reason``; null on classified rows).
+  row per input row: ``id``, ``label``, ``score``, ``exit_tier``, ``path``, ``row`` and, for a bad
+  row under ``on_bad_row="skip"``, the reject record (``line``, ``reject_column``,
+  ``reject_reason``; null or -1 on classified rows).
 
 :func:`run_ray_predict` is the job behind ``cascade-rt predict --ray``.
 
@@ -200,8 +200,9 @@ class CascadePredictor:
     ``__call__(batch)`` takes a pandas DataFrame, a pyarrow Table or a dict of numpy arrays and
     returns a dict of numpy arrays, one row per input row, in the batch's order, classified rows
     first: ``id`` (as given, or the row number), ``label`` (str), ``score`` (float32, max softmax
-    probability at the exit tier), ``exit_tier`` (int64), ``row`` (int64 row number or -1),
-    ``line`` (1-based line or -1), ``reject_column`` and ``reject_reason`` (str or None).
+    probability at the exit tier), ``exit_tier`` (int64), ``path`` (the ``__path`` of the row or
+    None), ``row`` (int64: the row number, or -1 without a row-number column), ``line`` (1-based
+    line of a rejected row, else -1), ``reject_column`` and ``reject_reason`` (str or None).
     """
 
     def __init__(self, cascade_dir, *, text_column: str = "text", pair_column: str | None = None,
