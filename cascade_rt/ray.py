@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict.io import FORMATS, InputFileError, detect_format, read_chunks
+from .predict.io import InputFileError, detect_format, read_chunks
 from .predict.job import JobError, predict_chunk
 from .predict.rows import MISSING, BadRowError, Reject, RowChunk
 
@@ -51,8 +51,7 @@ LINE = "__line"  # the 1-based line where the row starts (CSV, JSONL), else null
 PROBLEM = "__problem"  # why the reader could not read the row at all (invalid JSON, ...), else null
 _MISSING_PREFIX = "__missing__"  # __missing__<column>: the row has no such field (not even null)
 
-RESULT_COLUMNS = ("id", "label", "score", "exit_tier")
-REJECT_COLUMNS = ("row", "line", "reject_column", "reject_reason")
+_SHARD_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")
 
 
 class RayNotInstalledError(ImportError):
@@ -84,7 +83,7 @@ def input_files(inputs, input_format: str | None = None) -> tuple[list[str], str
         if p.is_dir():
             found = [f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_"))]
             if input_format is None:
-                found = [f for f in found if f.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")]
+                found = [f for f in found if f.suffix.lower() in _SHARD_SUFFIXES]
             if not found:
                 raise InputFileError(f"{p}: a directory without input files (.csv, .jsonl, .parquet)")
             files.extend(found)
@@ -358,6 +357,7 @@ class RaySummary:
     rejects_dir: str | None = None
     workers: int = 1
     files: int = 1
+    started_ray: bool = False
 
     def lines(self) -> list[str]:
         n = max(self.classified, 1)
@@ -365,7 +365,8 @@ class RaySummary:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         out = [f"{self.rows} rows from {self.files} file(s) -> {self.output}: {self.classified} classified, "
                f"{self.rejected} rejected ({self.workers} Ray worker(s))",
-               f"exits: {shares}; {rate:.1f} rows/s over {self.seconds:.1f} s (Ray start-up and model loads included)"]
+               f"exits: {shares}; {rate:.1f} rows/s over {self.seconds:.1f} s ("
+               + ("Ray start-up, " if self.started_ray else "") + "actor start-up and model loads included)"]
         if self.rejects_dir is not None:
             out.append(f"rejected rows ({self.rejected}) with their reasons: {self.rejects_dir}")
         return out
@@ -530,7 +531,7 @@ def run_ray_predict(cascade_dir, inputs, output, *, text_column: str = "text", p
         has_id = id_column is not None
         good = results.map_batches(_finish, fn_kwargs=dict(offsets=offsets, rejected=False, has_id=has_id), **kw)
         _write(good, output, out_fmt, overwrite)
-        summary = RaySummary(output=str(output), workers=workers, files=len(files))
+        summary = RaySummary(output=str(output), workers=workers, files=len(files), started_ray=started)
         summary.rows = sum(rows_per_file.values())
         summary.rejected = exits.pop(-1, 0)
         summary.classified = summary.rows - summary.rejected

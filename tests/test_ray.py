@@ -119,7 +119,8 @@ def test_bad_row_fails_the_ray_job_naming_file_row_and_column(local_ray, cascade
 
     src = tmp_path / "in"
     src.mkdir()
-    (src / "a.jsonl").write_text("".join(json.dumps({"k": f"a{i}", "text": t}) + "\n" for i, t in enumerate(_texts(5, 1))))
+    (src / "a.jsonl").write_text("".join(json.dumps({"k": f"a{i}", "text": t}) + "\n"
+                                         for i, t in enumerate(_texts(5, 1))))
     (src / "b.jsonl").write_text('{"k": "b0", "text": "fine"}\n{"k": "b1", "text": null}\n')
     with pytest.raises(BadRowError, match=r"b\.jsonl: bad input row: row 1 \(line 2\), column 'text': null value"):
         run_ray_predict(cascade_dir, src, tmp_path / "o.parquet", id_column="k", max_length=64, batch_size=4,
@@ -147,7 +148,8 @@ def test_predictor_takes_pandas_arrow_and_numpy_batches_without_ray(cascade_dir)
     texts[3], texts[20] = None, 4.5
     df = pd.DataFrame({"text": texts, "doc": [f"d{r}" for r in rows], ROW: rows})
     arrow_df = df.assign(text=[None if k == 20 else t for k, t in enumerate(texts)])  # Arrow: one type a column
-    cases = [(df, "float value 4.5, not a string"), ({c: df[c].to_numpy() for c in df}, "float value 4.5, not a string"),
+    float_reason = "float value 4.5, not a string"
+    cases = [(df, float_reason), ({c: df[c].to_numpy() for c in df}, float_reason),
              (pa.Table.from_pandas(arrow_df, preserve_index=False), "null value")]
     for id_column in (None, "doc"):
         pred = CascadePredictor(cascade_dir, id_column=id_column, on_bad_row="skip", max_length=64,
@@ -228,7 +230,8 @@ def test_without_ray_one_error_says_how_to_install(cascade_dir, tmp_path, monkey
     rc = cli_main(["predict", str(cascade_dir), str(src), "-o", str(tmp_path / "o"), "--ray"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["cascade-rt predict: error: Ray is not installed; install the extra with: pip install cascade_rt[ray]"]
+    assert err == ["cascade-rt predict: error: Ray is not installed; install the extra with: "
+                   "pip install cascade_rt[ray]"]
 
 
 def test_import_cascade_rt_never_imports_ray():
