@@ -30,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"), help="default: as saved")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("Ray Data (pip install cascade_rt[ray])", "run the job on a Ray cluster: INPUT may be a "
+                               "directory of shards, OUTPUT is a directory of Parquet/JSONL/CSV shards")
+    ray.add_argument("--ray", action="store_true", help="run on Ray Data: an actor pool of cascades, one per worker")
+    ray.add_argument("--ray-address", default=None,
+                     help="cluster to join (auto, ray://HOST:10001, ...); default: start a local Ray")
+    ray.add_argument("--workers", type=int, default=1, help="actors in the pool, each with its own cascade (default 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs each actor requests (default 0: CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from .job import JobError, run_predict
     from .rows import BadRowError
 
+    if args.ray:
+        return _run_ray(args)
+    if args.ray_address is not None or args.workers != 1 or args.gpus_per_worker:
+        print("cascade-rt predict: error: --ray-address, --workers and --gpus-per-worker need --ray", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -56,6 +68,33 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None,
         )
     except (BadRowError, InputFileError, JobError, CheckpointError, ValueError) as exc:
+        print(f"cascade-rt predict: error: {exc}", file=sys.stderr)
+        return 2
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    from ..config import CheckpointError
+    from .io import InputFileError
+    from .job import JobError
+    from .rows import BadRowError
+
+    try:
+        from ..ray import RayNotInstalledError, require_ray, run_ray_predict
+
+        require_ray()
+        if args.resume:
+            raise JobError("--resume is not supported with --ray; rerun with --overwrite")
+        summary = run_ray_predict(
+            args.cascade_dir, args.input, args.output, text_column=args.text_column, pair_column=args.pair_column,
+            id_column=args.id_column, input_format=args.input_format, output_format=args.output_format,
+            on_bad_row=args.on_bad_row, overwrite=args.overwrite, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, address=args.ray_address, batch_size=args.chunk_rows,
+            chunk_rows=args.chunk_rows, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length,
+            device=args.device, dtype=args.dtype, threads=args.threads)
+    except (RayNotInstalledError, BadRowError, InputFileError, JobError, CheckpointError, ValueError) as exc:
         print(f"cascade-rt predict: error: {exc}", file=sys.stderr)
         return 2
     for line in summary.lines():
