@@ -1,9 +1,14 @@
-"""Fused exit head: head dense + activation (tanh, relu, gelu, gelu_tanh), classifier, softmax,
+"""Exit head: head dense + activation (tanh, relu, gelu, gelu_tanh), classifier, softmax,
 max probability, threshold.
 
-One program handles ``BLOCK_B`` rows end to end: the pooled vector of each row is built one
-``BLOCK_J`` slice at a time and folded straight into the logits, so it never goes to memory.
-All arithmetic is fp32 whatever the input dtype (the reference computes in fp32).
+Two steps, as the CUDA exit head does: the head's dense layer is one fp32 GEMM over all rows
+(cuBLAS through ``torch.addmm``: every program re-reading the H x H matrix was the slow part of
+a one-kernel head), then one Triton kernel per block of rows applies the activation as it
+loads the pre-activations, computes the logits one ``BLOCK_C`` chunk of labels at a time with
+``tl.dot`` (fp32, IEEE), stores them, and keeps a running max and sum of exponentials across
+chunks, so any number of labels fits in registers; the confidence (the largest softmax
+probability) is ``1 / sum(exp(logit - max))``. All arithmetic is fp32 whatever the input dtype
+(the reference computes in fp32).
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ __all__ = ["exit_head", "exit_head_kernel", "MAX_CLASSES", "ACTIVATIONS"]
 #: the head activations the kernel fuses (BERT/RoBERTa tanh, DistilBERT relu, ELECTRA gelu).
 ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 
-#: the classifier width the kernel holds in registers.
-MAX_CLASSES = 256
+#: the classifier widths tested; the kernel loops over labels in chunks, so this is no limit of
+#: its registers, only of what the triton backend has been checked on.
+MAX_CLASSES = 4096
 
 
 @triton.jit
@@ -44,59 +50,54 @@ def _head_activation(x, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def exit_head_kernel(
-    x_ptr, pw_ptr, pb_ptr, cw_ptr, cb_ptr,
+    pre_ptr, cw_ptr, cb_ptr,
     logits_ptr, conf_ptr, mask_ptr,
     B, H, C,
-    stride_xb, stride_pw, stride_cw,
+    stride_pre, stride_cw,
     threshold,
     ACTIVATION: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_ok = rows < B
-    cls = tl.arange(0, BLOCK_C).to(tl.int64)
-    cls_ok = cls < C
-    logits = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
-    for j0 in range(0, H, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
-        j_ok = js < H
-        acc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    run_max = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cls = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        cls_ok = cls < C
+        acc = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             k_ok = ks < H
-            x = tl.load(x_ptr + rows[:, None] * stride_xb + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            w = tl.load(pw_ptr + js[:, None] * stride_pw + ks[None, :],
-                        mask=j_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-        pb = tl.load(pb_ptr + js, mask=j_ok, other=0.0).to(tl.float32)
-        pooled = _head_activation(acc + pb[None, :], ACTIVATION)
-        pooled = tl.where(j_ok[None, :], pooled, 0.0)
-        cw = tl.load(cw_ptr + cls[:, None] * stride_cw + js[None, :],
-                     mask=cls_ok[:, None] & j_ok[None, :], other=0.0).to(tl.float32)
-        logits += tl.sum(pooled[:, None, :] * cw[None, :, :], axis=2)
-    cb = tl.load(cb_ptr + cls, mask=cls_ok, other=0.0).to(tl.float32)
-    logits = logits + cb[None, :]
-    tl.store(logits_ptr + rows[:, None] * C + cls[None, :], logits,
-             mask=row_ok[:, None] & cls_ok[None, :])
-    z = tl.where(cls_ok[None, :], logits, float("-inf"))
-    m = tl.max(z, axis=1)
-    e = tl.where(cls_ok[None, :], tl.exp(z - m[:, None]), 0.0)
-    s = tl.sum(e, axis=1)
-    conf = tl.max(e / s[:, None], axis=1)
+            pre = tl.load(pre_ptr + rows[:, None] * stride_pre + ks[None, :],
+                          mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            pooled = tl.where(k_ok[None, :], _head_activation(pre, ACTIVATION), 0.0)
+            w = tl.load(cw_ptr + cls[:, None] * stride_cw + ks[None, :],
+                        mask=cls_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            acc += tl.dot(pooled, tl.trans(w), input_precision="ieee")
+        cb = tl.load(cb_ptr + cls, mask=cls_ok, other=0.0).to(tl.float32)
+        logits = acc + cb[None, :]
+        tl.store(logits_ptr + rows[:, None] * C + cls[None, :], logits,
+                 mask=row_ok[:, None] & cls_ok[None, :])
+        z = tl.where(cls_ok[None, :], logits, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(z, axis=1))
+        e = tl.where(cls_ok[None, :], tl.exp(z - new_max[:, None]), 0.0)
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(e, axis=1)
+        run_max = new_max
+    conf = 1.0 / run_sum
     tl.store(conf_ptr + rows, conf, mask=row_ok)
     tl.store(mask_ptr + rows, (conf >= threshold).to(tl.uint8), mask=row_ok)
 
 
 def _config(B: int, H: int, C: int) -> dict:
-    block_c = next_pow2(C)
+    # tl.dot needs every block dimension >= 16
+    block_c = min(max(next_pow2(C), 16), 64)
     if INTERPRET:
         # few, large program instances: the interpreter pays per instance
-        return dict(BLOCK_B=next_pow2(min(B, 64)), BLOCK_J=next_pow2(min(H, 64)),
-                    BLOCK_K=next_pow2(min(H, 128)), BLOCK_C=block_c)
-    return dict(BLOCK_B=16, BLOCK_J=32, BLOCK_K=32 if block_c <= 8 else 16, BLOCK_C=block_c,
-                num_warps=4)
+        return dict(BLOCK_B=max(16, next_pow2(min(B, 64))), BLOCK_K=max(16, next_pow2(min(H, 128))),
+                    BLOCK_C=block_c)
+    return dict(BLOCK_B=16, BLOCK_K=64, BLOCK_C=block_c, num_warps=4)
 
 
 def exit_head(
@@ -131,15 +132,15 @@ def exit_head(
     logits, conf, mask = out
     if B == 0:
         return logits, conf, mask
-    x = cls_hidden if cls_hidden.stride(-1) == 1 else cls_hidden.contiguous()
-    pw = pooler_w if pooler_w.stride(-1) == 1 else pooler_w.contiguous()
+    # the head's dense layer for every row at once, in fp32 (cuBLAS on CUDA)
+    pre = torch.addmm(pooler_b.float(), cls_hidden.float(), pooler_w.float().t())
     cw = cls_w if cls_w.stride(-1) == 1 else cls_w.contiguous()
-    pb, cb = pooler_b.contiguous(), cls_b.contiguous()
+    cb = cls_b.contiguous()
     cfg = _config(B, H, C)
     kernel = exit_head_kernel if launch is None else launch(exit_head_kernel)
     grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
     kernel[grid](
-        x, pw, pb, cw, cb, logits, conf, mask.view(torch.uint8),
-        B, H, C, x.stride(0), pw.stride(0), cw.stride(0), float(threshold), ACTIVATION=activation, **cfg,
+        pre, cw, cb, logits, conf, mask.view(torch.uint8),
+        B, H, C, pre.stride(0), cw.stride(0), float(threshold), ACTIVATION=activation, **cfg,
     )
     return logits, conf, mask

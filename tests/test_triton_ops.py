@@ -175,7 +175,7 @@ def _check_head(args, threshold):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,H,C", [(1, 16, 2), (7, 33, 3), (13, 64, 5)])
+@pytest.mark.parametrize("B,H,C", [(1, 16, 2), (7, 33, 3), (13, 64, 5), (5, 24, 300)])
 def test_exit_head(B, H, C, dtype):
     args = _head(B, H, C, dtype)
     conf = ref.exit_head_ref(*args, 0.5)[1]

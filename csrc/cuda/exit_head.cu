@@ -82,8 +82,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cuda(
   const int64_t C = cls_w.size(0);
   TORCH_CHECK(cls_b.dim() == 1 && cls_b.size(0) == C, "exit_head: cls_b must be (", C,
               ",), got ", cls_b.sizes());
-  TORCH_CHECK((uint64_t)H * sizeof(float) <= 48 * 1024, "exit_head: hidden size ", H,
-              " is too large for the CUDA exit head (at most 12288)");
+  // dynamic shared memory (H floats) plus the kernel's static reduction buffer (kWarp floats)
+  // must fit the 48 KiB a block gets without opting in
+  TORCH_CHECK((uint64_t)(H + kWarp) * sizeof(float) <= 48 * 1024, "exit_head: hidden size ", H,
+              " is too large for the CUDA exit head (at most ", 48 * 1024 / sizeof(float) - kWarp, ")");
   c10::cuda::CUDAGuard guard(cls_hidden.device());
   auto fopt = cls_hidden.options().dtype(at::kFloat);
   at::Tensor logits = at::empty({B, C}, fopt);
