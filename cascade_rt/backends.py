@@ -162,8 +162,8 @@ def implementation(op: str, *args) -> tuple[str, Callable]:
 
 
 #: the ops a cascade forward runs (packing, every layer, the exit decision, compaction)
-MODEL_OPS = ("pack", "varlen_attention", "add_layer_norm", "linear", "exit_head", "compact",
-             "scatter_exits")
+MODEL_OPS = ("pack", "embed_layer_norm", "varlen_attention", "add_layer_norm", "linear", "exit_head",
+             "compact", "scatter_exits")
 #: reference ops that read data back to the host (a device sync on CUDA)
 _REFERENCE_HOST_READS = ("varlen_attention",)
 

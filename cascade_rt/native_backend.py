@@ -98,11 +98,12 @@ def _scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, o
     _ops.scatter_exits(exit_mask, row_index, logits, confidence, int(tier), out_logits, out_confidence, out_tier)
 
 
-# linear has no kernel in csrc/: on CPU it is ATen's (the reference: F.linear + activation +
+# linear and embed_layer_norm have no kernel in csrc/: on CPU they are ATen's (the reference: F.linear + activation +
 # a device-side zero fill of the dead rows), so that a cascade forced onto this backend still
 # runs sync-free. Skipping the dead rows' work needs the Triton kernel (CUDA).
 from .reference import EXIT_HEAD_ACTIVATIONS as _EXIT_HEAD_ACTIVATIONS  # noqa: E402
 from .reference import LINEAR_ACTIVATIONS as _LINEAR_ACTIVATIONS  # noqa: E402
+from .reference import embed_layer_norm_ref as _embed_layer_norm  # noqa: E402
 from .reference import linear_ref as _linear  # noqa: E402
 
 OPS = {
@@ -114,6 +115,7 @@ OPS = {
     "pack": _ops.pack,
     "unpack": _ops.unpack,
     "linear": _linear,
+    "embed_layer_norm": _embed_layer_norm,
 }
 
 # ops with a CUDA kernel in csrc/cuda (the others are CPU only)

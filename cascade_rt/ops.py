@@ -26,6 +26,7 @@ __all__ = [
     "pack",
     "unpack",
     "linear",
+    "embed_layer_norm",
 ]
 
 
@@ -210,3 +211,35 @@ def linear(
     if zero_dead:
         return dispatch("linear", x, weight, bias, cu_seqlens, activation)
     return dispatch("linear", x, weight, bias, cu_seqlens, activation, False)
+
+
+def embed_layer_norm(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word_w: torch.Tensor,
+    pos_w: torch.Tensor,
+    type_w: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A tier's embeddings: ``LayerNorm(word_w[ids] + pos_w[pos] (+ type_w[types]))`` with fp32
+    statistics, in one pass over each gathered row (word + position summed in the tables' dtype
+    when there are token types, as the exact path does; the rest in fp32).
+
+    Args:
+        input_ids, position_ids: (N,) int64, packed; token_type_ids: (N,) int64 or None.
+        word_w: (V, H), pos_w: (P, H), type_w: (Y, H) or None (a family without token types):
+            the embedding tables, one float dtype.
+        weight, bias: (H,): the embeddings' LayerNorm.  eps: its epsilon.
+        cu_seqlens: optional (B+1,), int32: only rows ``< cu_seqlens[-1]`` (a count read on the
+            device) are live; a backend may leave the others ungathered and unwritten (the
+            sync-free tier's upper-bound shapes).
+
+    Returns:
+        (N, H) in the tables' dtype, newly allocated; rows ``>= cu_seqlens[-1]`` unspecified.
+    """
+    return dispatch("embed_layer_norm", input_ids, position_ids, token_type_ids, word_w, pos_w, type_w,
+                    weight, bias, eps, cu_seqlens)

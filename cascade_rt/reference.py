@@ -105,6 +105,38 @@ def add_layer_norm_ref(
     return y.to(x.dtype)
 
 
+def embed_layer_norm_ref(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word_w: torch.Tensor,
+    pos_w: torch.Tensor,
+    type_w: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``LayerNorm(word_w[ids] + pos_w[pos] (+ type_w[types]))`` with fp32 statistics; with token
+    types, word + position is summed in the tables' dtype and the type added in fp32 (the exact
+    path's arithmetic), else both in fp32.
+
+    input_ids, position_ids, token_type_ids: (N,) int (token types None: no token-type table).
+    word_w: (V, H), pos_w: (P, H), type_w: (Y, H) or None.  weight, bias: (H,).
+    cu_seqlens: optional (B+1,) int32 marking rows ``>= cu_seqlens[-1]`` dead; the reference
+    computes every row anyway (dead rows are unspecified by the op).
+    Returns (N, H) in the tables' dtype.
+    """
+    acc = torch.promote_types(word_w.dtype, torch.float32)
+    if type_w is not None and token_type_ids is not None:
+        # as the exact path: word + position in the tables' dtype, then + type in fp32
+        h = (word_w[input_ids] + pos_w[position_ids]).to(acc) + type_w[token_type_ids].to(acc)
+    else:
+        h = word_w[input_ids].to(acc) + pos_w[position_ids].to(acc)
+    y = F.layer_norm(h, (h.shape[-1],), weight.to(acc), bias.to(acc), eps)
+    return y.to(word_w.dtype)
+
+
 #: activations the exit head applies after its first dense layer: tanh (BERT pooler, RoBERTa /
 #: XLM-R head), ReLU (DistilBERT ``pre_classifier``), GELU erf (ELECTRA), GELU tanh approximation.
 EXIT_HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")

@@ -12,6 +12,7 @@ OPS = {
     "pack": _ref.pack_ref,
     "unpack": _ref.unpack_ref,
     "linear": _ref.linear_ref,
+    "embed_layer_norm": _ref.embed_layer_norm_ref,
 }
 
 

@@ -253,17 +253,20 @@ class Tier(nn.Module):
             ``cu_seqlens[-1]`` hold no meaningful values.
         """
         backends.check_model_backend(input_ids.device, sync_free)
-        x = self.embed(input_ids, token_type_ids, cu_seqlens)
+        x = self.embed(input_ids, token_type_ids, cu_seqlens, sync_free=sync_free)
         for i in range(self.config.num_hidden_layers):
             x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)
         return x
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor, *,
+              sync_free: bool = False) -> torch.Tensor:
         """Embeddings + LayerNorm of packed tokens: (T,) ids/types -> (T, hidden).
 
         The family's rule: positions (RoBERTa family: from ``pad_token_id + 1``, pad tokens at
         ``pad_token_id``), token types (none for DistilBERT: ``token_type_ids`` is ignored),
-        and ELECTRA's projection of narrower embeddings to the hidden size.
+        and ELECTRA's projection of narrower embeddings to the hidden size. ``sync_free``
+        (``T`` an upper bound): one :func:`cascade_rt.ops.embed_layer_norm` that gathers and
+        normalises only the live slots (rows past ``cu_seqlens[-1]`` are left unwritten).
         """
         cfg = self.config
         emb = self.bert.embeddings
@@ -274,15 +277,21 @@ class Tier(nn.Module):
         pos = torch.arange(T, device=input_ids.device) - starts[row]
         pos = self.family.position_ids(input_ids, pos, cfg.pad_token_id)
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
+        proj = self.bert.embeddings_project
+        if sync_free:
+            tt = emb.token_type_embeddings
+            x = ops.embed_layer_norm(input_ids, pos, None if tt is None else token_type_ids,
+                                     emb.word_embeddings.weight, emb.position_embeddings.weight,
+                                     None if tt is None else tt.weight, emb.LayerNorm.weight,
+                                     emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
+            return x if proj is None else ops.linear(x, proj.weight, proj.bias, cu_seqlens, zero_dead=False)
         x = emb.word_embeddings(input_ids)
-        # slots past cu_seqlens[-1] are dead: the LayerNorm may skip them (none on exact shapes)
         if emb.token_type_embeddings is None:  # no token types: LayerNorm(word + position)
             x = ops.add_layer_norm(x, emb.position_embeddings(pos), emb.LayerNorm.weight,
-                                   emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
+                                   emb.LayerNorm.bias, cfg.layer_norm_eps)
         else:
             x = ops.add_layer_norm(x + emb.position_embeddings(pos), emb.token_type_embeddings(token_type_ids),
-                                   emb.LayerNorm.weight, emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
-        proj = self.bert.embeddings_project
+                                   emb.LayerNorm.weight, emb.LayerNorm.bias, cfg.layer_norm_eps)
         return x if proj is None else dense_layer(x, proj.weight, proj.bias)
 
     def run_layer(

@@ -21,6 +21,7 @@ from torch.library import custom_op, triton_op, wrap_triton
 from .kernels import _common
 from .kernels import add_layer_norm as _aln
 from .kernels import compact as _cp
+from .kernels import embed_layer_norm as _eln
 from .kernels import exit_head as _eh
 from .kernels import linear as _ln
 from .kernels import pack as _pk
@@ -62,6 +63,17 @@ def _add_layer_norm(
 ) -> torch.Tensor:
     with _on_device(x):
         return _aln.add_layer_norm(x, residual, weight, bias, eps, cu_seqlens, launch=wrap_triton)
+
+
+@_register(f"{NAMESPACE}::embed_layer_norm", mutates_args=())
+def _embed_layer_norm(
+    input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor],
+    word_w: torch.Tensor, pos_w: torch.Tensor, type_w: Optional[torch.Tensor],
+    weight: torch.Tensor, bias: torch.Tensor, eps: float, cu_seqlens: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    with _on_device(word_w):
+        return _eln.embed_layer_norm(input_ids, position_ids, token_type_ids, word_w, pos_w, type_w,
+                                     weight, bias, eps, cu_seqlens, launch=wrap_triton)
 
 
 @_register(f"{NAMESPACE}::exit_head", mutates_args=())
@@ -127,6 +139,11 @@ def _(x, residual, weight, bias, eps, cu_seqlens=None):
     return x.new_empty(x.shape)
 
 
+@_embed_layer_norm.register_fake
+def _(input_ids, position_ids, token_type_ids, word_w, pos_w, type_w, weight, bias, eps, cu_seqlens=None):
+    return word_w.new_empty((input_ids.shape[0], word_w.shape[1]))
+
+
 @_exit_head.register_fake
 def _(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation="tanh"):
     B, C = cls_hidden.shape[0], cls_w.shape[0]
@@ -174,6 +191,12 @@ def add_layer_norm(x, residual, weight, bias, eps, cu_seqlens=None):
     return torch.ops.cascade_rt_triton.add_layer_norm(x, residual, weight, bias, float(eps), cu_seqlens)
 
 
+def embed_layer_norm(input_ids, position_ids, token_type_ids, word_w, pos_w, type_w, weight, bias, eps,
+                     cu_seqlens=None):
+    return torch.ops.cascade_rt_triton.embed_layer_norm(input_ids, position_ids, token_type_ids, word_w,
+                                                        pos_w, type_w, weight, bias, float(eps), cu_seqlens)
+
+
 def exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b, threshold, activation="tanh"):
     return torch.ops.cascade_rt_triton.exit_head(cls_hidden, pooler_w, pooler_b, cls_w, cls_b,
                                                  float(threshold), str(activation))
@@ -211,6 +234,7 @@ OPS = {
     "pack": pack,
     "unpack": unpack,
     "linear": linear,
+    "embed_layer_norm": embed_layer_norm,
 }
 
 
@@ -429,6 +453,38 @@ def _why_linear(x, weight, bias, cu_seqlens, activation="none", zero_dead=True):
     return None
 
 
+def _why_embed_layer_norm(input_ids, position_ids, token_type_ids, word_w, pos_w, type_w, weight, bias,
+                          eps, cu_seqlens=None):
+    ids = [t for t in (input_ids, position_ids, token_type_ids) if t is not None]
+    tables = [t for t in (word_w, pos_w, type_w) if t is not None]
+    r = _device_reason(ids + tables + [weight, bias] + ([] if cu_seqlens is None else [cu_seqlens]))
+    if r:
+        return r
+    N = input_ids.shape[0]
+    for name, t in (("input_ids", input_ids), ("position_ids", position_ids), ("token_type_ids", token_type_ids)):
+        if t is not None and (t.dim() != 1 or t.shape[0] != N or t.dtype not in (torch.int32, torch.int64)):
+            return f"{name} must be ({N},) int32/int64, got {tuple(t.shape)} {t.dtype}"
+    if (token_type_ids is None) != (type_w is None):
+        return "token_type_ids and type_w must both be given or both be None"
+    H = word_w.shape[1] if word_w.dim() == 2 else -1
+    for name, t in (("word_w", word_w), ("pos_w", pos_w), ("type_w", type_w)):
+        if t is None:
+            continue
+        if t.dim() != 2 or t.shape[1] != H:
+            return f"{name} must be (rows, {H}), got {tuple(t.shape)}"
+        if t.dtype != word_w.dtype:
+            return f"word_w is {word_w.dtype} but {name} is {t.dtype}"
+    r = _first(_float_reason("word_w", word_w), _shape_reason("weight", weight, (H,)),
+               _shape_reason("bias", bias, (H,)), _float_reason("weight", weight), _float_reason("bias", bias))
+    if r:
+        return r
+    if H > _eln.MAX_HIDDEN:
+        return f"hidden size {H} > {_eln.MAX_HIDDEN}"
+    if cu_seqlens is not None:
+        return _cu_reason(cu_seqlens)
+    return None
+
+
 _WHY = {
     "varlen_attention": _why_varlen_attention,
     "add_layer_norm": _why_add_layer_norm,
@@ -438,6 +494,7 @@ _WHY = {
     "pack": _why_pack,
     "unpack": _why_unpack,
     "linear": _why_linear,
+    "embed_layer_norm": _why_embed_layer_norm,
 }
 
 

@@ -40,8 +40,7 @@ def test_every_triton_op_enters_the_device_guard(monkeypatch):
 
     monkeypatch.setattr(tb, "_on_device", record)
     samples = _op_samples()
-    # the exit head is another change's business (its op gains an argument there)
-    for op in sorted(set(tb.OPS) - {"exit_head"}):
+    for op in sorted(tb.OPS):
         entered.clear()
         tb.OPS[op](*samples[op])
         assert entered, f"triton {op} launched without entering the device guard"
@@ -221,6 +220,37 @@ def test_ops_take_the_dead_row_arguments_on_every_backend():
         torch.testing.assert_close(lin[:9], want_lin[:9], atol=1e-5, rtol=1e-5, msg=name)
         torch.testing.assert_close(ln[:9], want_ln[:9], atol=1e-5, rtol=1e-5, msg=name)
         torch.testing.assert_close(att[:9], want_att[:9], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_sync_free_embeddings_gather_only_live_slots(monkeypatch):
+    """Sync-free tiers embed through ops.embed_layer_norm with the live count (so a backend may
+    skip the dead slots' gathers), and its live rows equal the exact path's embeddings."""
+    tier = _tier(2, 32, 2, 7)
+    ids, mask, types = _padded([3, 6, 1], seed=5)
+    model = CascadeBert([tier], [])
+    model.sync_free = True  # upper-bound shapes: the packed batch keeps dead slots
+    batch = model.pack(ids, mask, types)
+    T = batch.input_ids.shape[0]
+    calls = []
+    real = ops.embed_layer_norm
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(ops, "embed_layer_norm", spy)
+    exact = tier.embed(batch.input_ids, batch.token_type_ids, batch.cu_seqlens)
+    assert calls == []  # the exact path keeps the gathers + add_layer_norm
+    bounded = tier.embed(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, sync_free=True)
+    assert len(calls) == 1 and calls[0] is batch.cu_seqlens
+    live = int(batch.cu_seqlens[-1])
+    assert live < T, "the batch must have dead slots"
+    torch.testing.assert_close(bounded[:live], exact[:live], atol=1e-5, rtol=1e-5)
+    for name in backends.BACKEND_NAMES:
+        if backends.available(name):
+            with backends.use_backend(name):
+                got = tier.embed(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, sync_free=True)
+            torch.testing.assert_close(got[:live], exact[:live], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_opcheck_with_dead_row_arguments():

@@ -42,7 +42,7 @@ def test_kernels_compile_for_gpu(tmp_path):
     assert kernels >= {"varlen_attention_kernel", "zero_tail_kernel", "add_layer_norm_kernel",
                        "exit_head_kernel", "compact_rows_kernel", "compact_tokens_kernel",
                        "scatter_exits_kernel", "pack_kernel", "unpack_kernel",
-                       "linear_kernel"}, sorted(kernels)
+                       "linear_kernel", "embed_layer_norm_kernel"}, sorted(kernels)
     assert any("@sm80" in k for k in report)
 
 
@@ -118,6 +118,7 @@ def _launches():
     from cascade_rt.kernels import _common
     from cascade_rt.kernels import add_layer_norm as kl
     from cascade_rt.kernels import compact as kc
+    from cascade_rt.kernels import embed_layer_norm as kem
     from cascade_rt.kernels import exit_head as ke
     from cascade_rt.kernels import linear as kn
     from cascade_rt.kernels import pack as kp
@@ -135,6 +136,11 @@ def _launches():
             x = torch.zeros(T, hidden, dtype=dt)
             w = torch.zeros(hidden, dtype=dt)
             kl.add_layer_norm(x, x, w, w, 1e-12, launch=rec)
+            ids = torch.zeros(T, dtype=torch.int64)
+            table = torch.zeros(512, hidden, dtype=dt)
+            for types in (True, False):  # BERT-style and DistilBERT-style (no token types)
+                kem.embed_layer_norm(ids, ids, ids if types else None, table, table,
+                                     table[:2] if types else None, w, w, 1e-12, cu, launch=rec)
         for c in ((2, 256) if dt == torch.float16 else (3,)):
             x = torch.zeros(64, 768, dtype=dt)
             kc_w = torch.zeros(c, 768, dtype=dt)

@@ -196,6 +196,57 @@ def test_exit_head_empty_and_public_op():
     torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
 
 
+# -- embed_layer_norm -----------------------------------------------------------------------------
+def _embed_args(N, V, H, Y, dtype, types=True):
+    g = torch.Generator().manual_seed(N * 100 + H)
+    ids = torch.randint(0, V, (N,), generator=g).to(DEV)
+    pos = torch.randint(0, 12, (N,), generator=g).to(DEV)
+    tys = torch.randint(0, Y, (N,), generator=g).to(DEV) if types else None
+    word = torch.randn(V, H, generator=g).to(DEV, dtype)
+    posw = torch.randn(12, H, generator=g).to(DEV, dtype)
+    typew = torch.randn(Y, H, generator=g).to(DEV, dtype) if types else None
+    w = (1 + 0.1 * torch.randn(H, generator=g)).to(DEV, dtype)
+    b = (0.1 * torch.randn(H, generator=g)).to(DEV, dtype)
+    return ids, pos, tys, word, posw, typew, w, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,H,types", [(1, 16, True), (13, 33, True), (40, 96, False)])
+def test_embed_layer_norm(N, H, types, dtype):
+    from cascade_rt.kernels.embed_layer_norm import embed_layer_norm as k_embed
+
+    args = _embed_args(N, 50, H, 3, dtype, types)
+    got = k_embed(*args, 1e-5)
+    want = ref.embed_layer_norm_ref(*args, 1e-5)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_embed_layer_norm_skips_dead_slots():
+    """With cu_seqlens, rows past the live count are neither gathered nor written (the output
+    keeps what the allocator gave: poison it through the allocation by patching empty)."""
+    from cascade_rt.kernels import embed_layer_norm as ke
+
+    N, live = 23, 9
+    args = _embed_args(N, 50, 33, 2, torch.float32)
+    cu = torch.tensor([0, 4, live], dtype=torch.int32, device=DEV)
+    real_empty = torch.empty
+
+    def poisoned(*a, **k):
+        return real_empty(*a, **k).fill_(float("nan"))
+
+    torch.empty = poisoned
+    try:
+        got = ke.embed_layer_norm(*args, 1e-5, cu)
+    finally:
+        torch.empty = real_empty
+    want = ref.embed_layer_norm_ref(*args, 1e-5)
+    torch.testing.assert_close(got[:live], want[:live], atol=1e-5, rtol=1e-5)
+    assert torch.isnan(got[live:]).all(), "dead slots were written"
+    # without a live count every row is computed
+    torch.testing.assert_close(ke.embed_layer_norm(*args, 1e-5), want, atol=1e-5, rtol=1e-5)
+
+
 # -- compact / scatter_exits --------------------------------------------------------------------
 MASKS = {
     "mixed": [False, True, False, True, True, True],
@@ -430,6 +481,7 @@ def _op_samples():
                  torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], device=DEV)),
         "unpack": (torch.randn(T, 3, device=DEV), cu, 7),
         "linear": (*_linear_args(T, 24, 20, torch.float32), cu, "gelu"),
+        "embed_layer_norm": _embed_args(T, 19, 33, 2, torch.float32) + (1e-5, None),
     }
 
 
