@@ -324,3 +324,36 @@ def _prop_linear(data, mod, backend):
 @pytest.mark.parametrize("backend", _backend_params())
 def test_linear_property(backend, profile):
     _check(_prop_linear, backend, profile)
+
+
+# -- embeddings + LayerNorm ------------------------------------------------------------------
+def _prop_embed_layer_norm(data, mod, backend):
+    small = backend == "triton"
+    lens, cu, T = _lengths(data, 4 if small else 9, 12 if small else 40)
+    H = data.draw(st.one_of(st.sampled_from([1, 2, 384]), st.integers(1, 64 if small else 300)), label="hidden")
+    V, P = data.draw(st.integers(1, 50), label="vocab"), data.draw(st.integers(1, 20), label="positions")
+    types = data.draw(st.booleans(), label="token types")
+    live_only = data.draw(st.booleans(), label="cu_seqlens given")
+    dtype = data.draw(st.sampled_from(_floats(backend)), label="dtype")
+    g = _gen(data)
+    ids = torch.randint(0, V, (T,), generator=g)
+    pos = torch.randint(0, P, (T,), generator=g)
+    tys = torch.randint(0, 2, (T,), generator=g) if types else None
+    word = (torch.randn(V, H, generator=g) * 2).to(dtype)
+    posw = torch.randn(P, H, generator=g).to(dtype)
+    typew = torch.randn(2, H, generator=g).to(dtype) if types else None
+    w = torch.randn(H, generator=g).to(dtype)
+    b = torch.randn(H, generator=g).to(dtype)
+    args = (ids, pos, tys, word, posw, typew, w, b, 1e-5, cu if live_only else None)
+    out = _run(mod, "embed_layer_norm", *args)
+    ref = R.embed_layer_norm_ref(*args)
+    assert out.shape == (T, H) and out.dtype == dtype
+    n = int(cu[-1]) if live_only else T  # rows past the live count are unspecified
+    atol, rtol = TOLS[dtype]
+    torch.testing.assert_close(out[:n], ref[:n], atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("backend", _backend_params())
+def test_embed_layer_norm_property(backend, profile):
+    _check(_prop_embed_layer_norm, backend, profile)
