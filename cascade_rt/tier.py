@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import backends, ops
@@ -150,16 +149,6 @@ _LINEAR_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tan
                       "gelu_fast": "gelu_tanh", "relu": "relu"}
 
 
-def _activation(name: str):
-    if name == "gelu":
-        return F.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "relu":
-        return F.relu
-    raise ValueError(f"unsupported hidden_act {name!r}")
-
-
 def _to_hf_names(module: "Tier", state_dict, prefix: str, local_metadata) -> None:
     """state_dict post-hook: internal names -> the family's Hugging Face names, in place."""
     keys = module.family.keys
@@ -201,7 +190,6 @@ class Tier(nn.Module):
         self.family = config.family
         self.bert = _Bert(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self._act = _activation(config.hidden_act)
         self._act_name = _LINEAR_ACTIVATION[config.hidden_act]
         self._head_act = self.family.head_activation(config)
         self.source_dir: str | None = None
