@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, next_pow2
+from ._common import INTERPRET, layer_norm_rows, next_pow2
 
 __all__ = ["add_layer_norm", "add_layer_norm_kernel", "MAX_HIDDEN"]
 
@@ -43,13 +43,7 @@ def add_layer_norm_kernel(
     x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
     r = tl.load(r_ptr + rows[:, None] * stride_r + cols[None, :], mask=m, other=0.0).to(tl.float32)
     h = x + r
-    mean = tl.sum(h, axis=1) / H
-    d = tl.where(m, h - mean[:, None], 0.0)
-    var = tl.sum(d * d, axis=1) / H
-    rstd = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    y = d * rstd[:, None] * w[None, :] + b[None, :]
+    y = layer_norm_rows(h, m, cols, col_ok, w_ptr, b_ptr, H, eps)
     tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :],
              y.to(out_ptr.dtype.element_ty), mask=m)
 

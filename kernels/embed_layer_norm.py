@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, next_pow2
+from ._common import INTERPRET, layer_norm_rows, next_pow2
 
 __all__ = ["embed_layer_norm", "embed_layer_norm_kernel", "MAX_HIDDEN"]
 
@@ -54,13 +54,7 @@ def embed_layer_norm_kernel(
                      other=0.0).to(tl.float32)
     else:
         h = word.to(tl.float32) + posv.to(tl.float32)
-    mean = tl.sum(h, axis=1) / H
-    d = tl.where(m, h - mean[:, None], 0.0)
-    var = tl.sum(d * d, axis=1) / H
-    rstd = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    y = d * rstd[:, None] * w[None, :] + b[None, :]
+    y = layer_norm_rows(h, m, cols, col_ok, w_ptr, b_ptr, H, eps)
     tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
 
 
