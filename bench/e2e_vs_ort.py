@@ -13,12 +13,14 @@ same thread count:
   each padded to its own longest row: a user's easy fix); the tier on the 48 rows in one call.
 
 Every case first checks that both give the same logits (max abs difference recorded; the
-run stops if it exceeds ``--atol``). Timing alternates blocks of consecutive calls (ORT block,
-tier block, ...; per-call time = block time / calls, median over blocks): a steady stream of
-requests, as a server sees. Alternating single calls would time each runtime while the other's
-idle worker threads still spin (ONNX Runtime's pool and OpenMP's both do), which slows both. Ratios are ONNX Runtime time / tier time (> 1: the tier
-is faster). ``--profile`` adds a per-op profile (``torch.profiler``, self CPU time) of the
-tier at batch 1, 10 tokens, the case where per-call overheads dominate.
+run stops if it exceeds ``--atol``). ONNX Runtime runs in a process of its own (its default
+thread pool, spinning included), the tier in this one, each with the same thread count. Timing
+alternates blocks of consecutive calls (ORT block, tier block, ...; each side times its own
+block; per-call time = block time / calls, median over blocks; a 50 ms pause between blocks
+lets the side that just ran park its threads): a steady stream of requests, as a server sees.
+Ratios are ONNX Runtime time / tier time (> 1: the tier is faster). ``--profile`` adds a
+per-op profile (``torch.profiler``, self CPU time) of the tier at batch 1, 10 tokens, the case
+where per-call overheads dominate.
 Writes ``bench/results/e2e_vs_ort_<device>.json`` and ``.png``.
 
     .venv/bin/python bench/e2e_vs_ort.py --threads 2 --profile
@@ -61,9 +63,8 @@ def export_onnx(tier, path: Path) -> None:
                           output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
 
 
-def ort_session(tier, workdir: Path, threads: int):
-    """An ONNX Runtime session on the tier's BERT-optimized graph, and the fused op types."""
-    import onnxruntime as ort
+def optimized_onnx(tier, workdir: Path) -> tuple[Path, list[str]]:
+    """The tier exported and fused by ONNX Runtime's BERT optimizer: the file and its op types."""
     from onnxruntime.transformers import optimizer
 
     raw, fused = workdir / "tier.onnx", workdir / "tier_optimized.onnx"
@@ -72,13 +73,93 @@ def ort_session(tier, workdir: Path, threads: int):
     model = optimizer.optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads,
                                      hidden_size=cfg.hidden_size)
     model.save_model_to_file(str(fused))
-    ops = sorted({n.op_type for n in model.model.graph.node})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(fused), so, providers=["CPUExecutionProvider"]), ops
+    return fused, sorted({n.op_type for n in model.model.graph.node})
+
+
+#: the ONNX Runtime side, run in its own process (``python -c``): commands and replies are
+#: pickles over stdin/stdout; it imports neither torch nor cascade_rt
+_ORT_WORKER = r"""
+import pickle, sys, time
+import onnxruntime as ort
+path, threads = sys.argv[1], int(sys.argv[2])
+so = ort.SessionOptions()
+so.intra_op_num_threads = threads
+so.inter_op_num_threads = 1
+so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+feeds = {}
+def reply(obj):
+    pickle.dump(obj, out)
+    out.flush()
+reply("ready")
+while True:
+    cmd, key, arg = pickle.load(inp)
+    if cmd == "stop":
+        break
+    if cmd == "set":
+        feeds[key] = arg
+        reply(None)
+    elif cmd == "run":
+        reply([sess.run(None, f)[0] for f in feeds[key]])
+    elif cmd == "time":
+        fs = feeds[key]
+        t0 = time.perf_counter()
+        for _ in range(arg):
+            for f in fs:
+                sess.run(None, f)
+        reply((time.perf_counter() - t0) / arg)
+"""
+
+
+class OrtProcess:
+    """An ONNX Runtime session in a process of its own.
+
+    One process holding both runtimes times each while the other's worker threads still spin
+    after their last call (ONNX Runtime's pool and OpenMP's both do): on 2 cores that slowed
+    the tier up to 2x at batch 1, and turning ONNX Runtime's spinning off slows it instead. In
+    two processes each runtime keeps its own defaults, as in a deployment; a pause between
+    timed blocks lets the idle side's threads park before the other side runs.
+    """
+
+    def __init__(self, path: Path, threads: int):
+        import pickle
+        import subprocess
+
+        self._pickle = pickle
+        self.proc = subprocess.Popen([sys.executable, "-c", _ORT_WORKER, str(path), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if self._recv() != "ready":
+            raise RuntimeError("the ONNX Runtime worker did not start")
+
+    def _recv(self):
+        return self._pickle.load(self.proc.stdout)
+
+    def _call(self, cmd: str, key: str = "", arg=None):
+        self._pickle.dump((cmd, key, arg), self.proc.stdin)
+        self.proc.stdin.flush()
+        return self._recv()
+
+    def set(self, key: str, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._call("set", key, feeds)
+
+    def run(self, key: str) -> list[np.ndarray]:
+        """Logits of each feed under ``key``."""
+        return self._call("run", key)
+
+    def time(self, key: str, calls: int) -> float:
+        """Seconds per call of running every feed under ``key``, ``calls`` times in a row."""
+        return self._call("time", key, calls)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._pickle.dump(("stop", "", None), self.proc.stdin)
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.wait(timeout=30)
 
 
 def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,65 +185,78 @@ def random_rows(n: int, max_len: int, frac: float, vocab: int, seed: int) -> lis
     return rows
 
 
+#: seconds between timed blocks, so that the side that just ran parks its spinning threads
+PAUSE_S = 0.05
+
+
 def blocks(fns: dict, calls: int, rounds: int, warmup: int = 3) -> dict[str, dict]:
-    """Per-call seconds of each function, timed in alternating blocks of ``calls`` consecutive
-    calls (the order rotates each round); ``{"median", "min", "all"}`` over the ``rounds`` blocks."""
+    """Per-call seconds of each side, timed in alternating blocks of ``calls`` consecutive
+    calls (the order rotates each round, a pause between blocks); ``{"median", "min",
+    "all_ms"}`` over the ``rounds`` blocks. ``fns[k](calls)`` runs ``calls`` calls and returns
+    the seconds per call (timed on its own side: the ONNX Runtime process times itself)."""
     import time
 
     for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+        fn(warmup)
     times = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            fn = fns[k]
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times[k].append((time.perf_counter() - t0) / calls)
-    return {k: {"median": float(np.median(v)), "min": min(v), "all": [round(x, 6) for x in v]}
+            time.sleep(PAUSE_S)
+            times[k].append(fns[k](calls))
+    return {k: {"median": float(np.median(v)), "min": min(v), "all_ms": [round(x * 1e3, 4) for x in v]}
             for k, v in times.items()}
 
 
-def run_latency(tier, sess, length: int, runs: int, atol: float) -> dict:
+def local(fn):
+    """``fn`` as a side for :func:`blocks`: ``calls`` -> seconds per call, timed here."""
+    import time
+
+    def run(calls: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) / calls
+    return run
+
+
+def run_latency(tier, ort_proc: OrtProcess, length: int, runs: int, atol: float) -> dict:
     rows = random_rows(1, length, 1.0, tier.config.vocab_size, seed=length)
     ids, mask = _padded(rows)
-    feed = _feed(ids, mask)
-    diff = float(np.abs(sess.run(None, feed)[0] - tier(ids, mask).numpy()).max())
+    key = f"latency{length}"
+    ort_proc.set(key, [_feed(ids, mask)])
+    diff = float(np.abs(ort_proc.run(key)[0] - tier(ids, mask).numpy()).max())
     if diff > atol:
         raise SystemExit(f"logits differ by {diff:.2e} > --atol {atol:g} at batch 1, {length} tokens")
-    t = blocks({"ort": lambda: sess.run(None, feed), "cascade_rt": lambda: tier(ids, mask)},
+    t = blocks({"ort": lambda n: ort_proc.time(key, n), "cascade_rt": local(lambda: tier(ids, mask))},
                calls=max(2, runs), rounds=7)
     return {"case": f"batch 1, {length} tokens", "kind": "latency", "rows": 1, "tokens": length,
             "max_abs_logit_diff": diff, "ort_ms": t["ort"]["median"] * 1e3,
             "cascade_rt_ms": t["cascade_rt"]["median"] * 1e3,
-            "ort_ms_all": t["ort"]["all"], "cascade_rt_ms_all": t["cascade_rt"]["all"],
+            "ort_ms_all": t["ort"]["all_ms"], "cascade_rt_ms_all": t["cascade_rt"]["all_ms"],
             "ratio_ort_over_ours": t["ort"]["median"] / t["cascade_rt"]["median"]}
 
 
-def run_throughput(tier, sess, cfg: dict, atol: float) -> list[dict]:
+def run_throughput(tier, ort_proc: OrtProcess, cfg: dict, atol: float) -> list[dict]:
     rows = random_rows(cfg["rows"], cfg["max_len"], cfg["frac"], tier.config.vocab_size, seed=48)
     lens = [len(r) for r in rows]
     ids, mask = _padded(rows)
     ours = tier(ids, mask).numpy()
-    padded_feed = _feed(ids, mask)
     order = sorted(range(len(rows)), key=lambda i: lens[i])
     buckets = [order[i: i + cfg["bucket"]] for i in range(0, len(order), cfg["bucket"])]
-    bucket_feeds = [_feed(*_padded([rows[i] for i in b])) for b in buckets]
+    ort_proc.set("padded", [_feed(ids, mask)])
+    ort_proc.set("bucketed", [_feed(*_padded([rows[i] for i in b])) for b in buckets])
 
-    def ort_bucketed():
-        return [sess.run(None, f)[0] for f in bucket_feeds]
-
-    d_pad = float(np.abs(sess.run(None, padded_feed)[0] - ours).max())
+    d_pad = float(np.abs(ort_proc.run("padded")[0] - ours).max())
     got = np.empty_like(ours)
-    for b, out in zip(buckets, ort_bucketed()):
+    for b, out in zip(buckets, ort_proc.run("bucketed")):
         got[b] = out
     d_bucket = float(np.abs(got - ours).max())
     if max(d_pad, d_bucket) > atol:
         raise SystemExit(f"logits differ by {max(d_pad, d_bucket):.2e} > --atol {atol:g} on {len(rows)} rows")
-    t = blocks({"ort_padded": lambda: sess.run(None, padded_feed), "ort_bucketed": ort_bucketed,
-                "cascade_rt": lambda: tier(ids, mask)}, calls=2, rounds=max(3, cfg["runs"] // 4), warmup=1)
+    t = blocks({"ort_padded": lambda n: ort_proc.time("padded", n),
+                "ort_bucketed": lambda n: ort_proc.time("bucketed", n),
+                "cascade_rt": local(lambda: tier(ids, mask))}, calls=2, rounds=max(3, cfg["runs"] // 4), warmup=1)
     tokens = sum(lens)
     ours_s = t["cascade_rt"]["median"]
     out = []
@@ -171,7 +265,7 @@ def run_throughput(tier, sess, cfg: dict, atol: float) -> list[dict]:
         out.append({"case": f"{len(rows)} rows, ORT {pad}", "kind": key, "rows": len(rows), "tokens": tokens,
                     "mean_len": tokens / len(rows), "max_abs_logit_diff": diff,
                     "ort_ms": t[key]["median"] * 1e3, "cascade_rt_ms": ours_s * 1e3,
-                    "ort_ms_all": t[key]["all"], "cascade_rt_ms_all": t["cascade_rt"]["all"],
+                    "ort_ms_all": t[key]["all_ms"], "cascade_rt_ms_all": t["cascade_rt"]["all_ms"],
                     "ratio_ort_over_ours": t[key]["median"] / ours_s,
                     "cascade_rt_tokens_per_s": tokens / ours_s, "ort_tokens_per_s": tokens / t[key]["median"],
                     "padded_over_packed_flops": flops.padded_tier_flops(tier.config, lens, ids.shape[1])
@@ -251,14 +345,19 @@ def main(argv: list[str] | None = None) -> int:
         cfg["runs"] = args.runs
     tier = common.minilm_tier(6, device=device)
     cfg.update(model="shipped MiniLM, 6 layers, 384 wide, fp32", threads=threads,
-               timing="median over alternating blocks of consecutive calls (ORT block, tier block, ...)")
+               timing="median over alternating blocks of consecutive calls (ORT block, tier block, ...), "
+                      f"ONNX Runtime in its own process, {PAUSE_S:g} s pause between blocks")
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        sess, fused = ort_session(tier, Path(tmp), threads)
+        path, fused = optimized_onnx(tier, Path(tmp))
         cfg["ort_fused_ops"] = fused
         print(f"{common.device_name(device)}, {threads} thread(s); ONNX Runtime ops: {', '.join(fused)}")
         print(f"{'case':<52}{'ORT ms':>9}{'ours ms':>9}{'ORT/ours':>10}{'diff':>9}")
-        results = [run_latency(tier, sess, n, cfg["runs"], args.atol) for n in cfg["latency_lengths"]]
-        results += run_throughput(tier, sess, cfg, args.atol)
+        ort_proc = OrtProcess(path, threads)
+        try:
+            results = [run_latency(tier, ort_proc, n, cfg["runs"], args.atol) for n in cfg["latency_lengths"]]
+            results += run_throughput(tier, ort_proc, cfg, args.atol)
+        finally:
+            ort_proc.close()
         for r in results:
             print(f"{r['case']:<52}{r['ort_ms']:>9.2f}{r['cascade_rt_ms']:>9.2f}"
                   f"{r['ratio_ort_over_ours']:>9.2f}x{r['max_abs_logit_diff']:>9.1e}", flush=True)

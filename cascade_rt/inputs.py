@@ -126,7 +126,8 @@ def prepare_inputs(
                 f"{tuple(input_ids.shape)}"
             )
         B, S = input_ids.shape
-        if attention_mask is None:
+        no_mask = attention_mask is None  # every token live: nothing to check in the mask
+        if no_mask:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.shape != input_ids.shape:
             raise InputError(
@@ -142,7 +143,7 @@ def prepare_inputs(
             z = torch.zeros(0, dtype=torch.int64, device=device)
             return PackedBatch(z, z, torch.zeros(1, dtype=torch.int32, device=device), 0, 0)
         mask = attention_mask.to(torch.int64)
-        if check:
+        if check and not no_mask:
             _require(((mask == 0) | (mask == 1)).all(), "attention_mask must hold only 0 and 1")
             if S > 1:
                 _require((mask[:, 1:] <= mask[:, :-1]).all(),
@@ -164,26 +165,37 @@ def prepare_inputs(
                     f"input is {S} tokens wide, more than max_position_embeddings {max_pos}; "
                     f"cut the padding or the sequences"
                 )
-        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-        both = torch.stack([input_ids.to(torch.int64), types.to(torch.int64)], dim=-1)
-        packed, cu = ops.pack(both, mask)
-        ids, types = packed[:, 0], packed[:, 1]
+        if no_mask and device.type == "cpu":
+            # no padding: the rows are already packed, back to back (no copy of the ids)
+            ids = input_ids.reshape(-1).to(torch.int64)
+            types = (token_type_ids.reshape(-1).to(torch.int64) if token_type_ids is not None
+                     else torch.zeros_like(ids))
+            cu = torch.arange(0, B * S + 1, S, dtype=torch.int32)
+        else:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            both = torch.stack([input_ids.to(torch.int64), types.to(torch.int64)], dim=-1)
+            packed, cu = ops.pack(both, mask)
+            ids, types = packed[:, 0], packed[:, 1]
         T = ids.shape[0]
 
-    if check and T > 0:
+    if check and T > 0 and ids.device.type == "cpu":
+        # on the CPU reading the bounds back is free: one min/max pass per tensor, and the
+        # masks that locate the first bad value only when there is one
+        n = int(cu[-1])
+        for values, hi, what in ((ids, vocab, f"token id out of range [0, {vocab}) of the vocabulary"),
+                                 (types, n_types, f"token_type_ids out of range [0, {n_types})")):
+            if n == 0:
+                break
+            lo_v, hi_v = torch.aminmax(values[:n])
+            if int(lo_v) < 0 or int(hi_v) >= hi:
+                live = values[:n]
+                raise InputError(what + _first_bad(live, (live < 0) | (live >= hi)))
+    elif check and T > 0:  # accelerators: asserts on the device, no host read
         live = torch.arange(T, device=ids.device) < cu[-1]
         bad = live & ((ids < 0) | (ids >= vocab))
-        if ids.device.type == "cpu":
-            if bool(bad.any()):
-                raise InputError(f"token id out of range [0, {vocab}) of the vocabulary{_first_bad(ids, bad)}")
-        else:
-            torch._assert_async(~bad.any(), f"token id out of range [0, {vocab}) of the vocabulary")
+        torch._assert_async(~bad.any(), f"token id out of range [0, {vocab}) of the vocabulary")
         badt = live & ((types < 0) | (types >= n_types))
-        if types.device.type == "cpu":
-            if bool(badt.any()):
-                raise InputError(f"token_type_ids out of range [0, {n_types}){_first_bad(types, badt)}")
-        else:
-            torch._assert_async(~badt.any(), f"token_type_ids out of range [0, {n_types})")
+        torch._assert_async(~badt.any(), f"token_type_ids out of range [0, {n_types})")
 
     if trim and B > 0:
         total = int(cu[-1])

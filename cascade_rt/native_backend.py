@@ -35,6 +35,18 @@ _WITH_CUDA = bool(_C.with_cuda())
 
 
 # -- fake (meta) implementations: shapes and dtypes only ------------------------------------
+if hasattr(_ops, "embed_layer_norm"):
+    @torch.library.register_fake("cascade_rt::embed_layer_norm")
+    def _(input_ids, position_ids, token_type_ids, word_w, pos_w, type_w, weight, bias, eps, cu_seqlens=None):
+        return word_w.new_empty((input_ids.shape[0], word_w.shape[1]))
+
+
+if hasattr(_ops, "encoder_layers"):
+    @torch.library.register_fake("cascade_rt::encoder_layers")
+    def _(x, cu_seqlens, max_seqlen, weights, num_heads, eps, activation):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("cascade_rt::varlen_attention")
 def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -98,9 +110,11 @@ def _scatter_exits(exit_mask, row_index, logits, confidence, tier, out_logits, o
     _ops.scatter_exits(exit_mask, row_index, logits, confidence, int(tier), out_logits, out_confidence, out_tier)
 
 
-# linear and embed_layer_norm have no kernel in csrc/: on CPU they are ATen's (the reference: F.linear + activation +
+# linear has no kernel in csrc/: on CPU it is ATen's (the reference: F.linear + activation +
 # a device-side zero fill of the dead rows), so that a cascade forced onto this backend still
-# runs sync-free. Skipping the dead rows' work needs the Triton kernel (CUDA).
+# runs sync-free. Skipping the dead rows' work needs the Triton kernel (CUDA). embed_layer_norm
+# has a CPU kernel (csrc/cpu/embed_layer_norm.cpp); an extension built before it falls back to
+# the reference.
 from .reference import EXIT_HEAD_ACTIVATIONS as _EXIT_HEAD_ACTIVATIONS  # noqa: E402
 from .reference import LINEAR_ACTIVATIONS as _LINEAR_ACTIVATIONS  # noqa: E402
 from .reference import embed_layer_norm_ref as _embed_layer_norm  # noqa: E402
@@ -117,6 +131,10 @@ OPS = {
     "linear": _linear,
     "embed_layer_norm": _embed_layer_norm,
 }
+if hasattr(_ops, "encoder_layers"):  # an extension built before the op existed lacks it
+    OPS["encoder_layers"] = _ops.encoder_layers
+if hasattr(_ops, "embed_layer_norm"):
+    OPS["embed_layer_norm"] = _ops.embed_layer_norm
 
 # ops with a CUDA kernel in csrc/cuda (the others are CPU only)
 _CUDA_OPS = frozenset({"add_layer_norm", "exit_head", "compact", "scatter_exits", "pack", "unpack"})
@@ -208,6 +226,28 @@ def why_not(op: str, *args) -> str | None:
             return "cu_seqlens must be int32"
         if act not in _LINEAR_ACTIVATIONS:
             return f"activation {act!r} is not one of {', '.join(_LINEAR_ACTIVATIONS)}"
+        return _float("x", x)
+    if op == "embed_layer_norm":
+        ids, pos, types, word_w, pos_w, type_w = args[:6]
+        if ids.dim() != 1 or pos.shape != ids.shape:
+            return "input_ids and position_ids must be one (N,) shape"
+        if pos_w.dtype != word_w.dtype or (type_w is not None and type_w.dtype != word_w.dtype):
+            return "the embedding tables must share one dtype"
+        if len(args) > 9 and args[9] is not None and args[9].dtype != torch.int32:
+            return "cu_seqlens must be int32"
+        return _float("word_w", word_w)
+    if op == "encoder_layers":
+        x, cu, _, weights, heads, _, act = args[:7]
+        if x.dim() != 2 or heads <= 0 or x.shape[1] % heads:
+            return f"x must be (T, hidden) with hidden a multiple of num_heads, got {tuple(x.shape)}, {heads} heads"
+        if cu.dtype != torch.int32:
+            return "cu_seqlens must be int32"
+        if act not in _LINEAR_ACTIVATIONS:
+            return f"activation {act!r} is not one of {', '.join(_LINEAR_ACTIVATIONS)}"
+        # each weight's dtype is checked by the kernel (one error naming it); a list from
+        # Tier.encoder_weights is x's dtype, and checking 72 tensors here costs a forward's worth
+        if not weights or weights[0].dtype != x.dtype:
+            return "the weights must be in x's dtype"
         return _float("x", x)
     return None
 

@@ -27,6 +27,7 @@ __all__ = [
     "unpack",
     "linear",
     "embed_layer_norm",
+    "encoder_layers",
 ]
 
 
@@ -243,3 +244,37 @@ def embed_layer_norm(
     """
     return dispatch("embed_layer_norm", input_ids, position_ids, token_type_ids, word_w, pos_w, type_w,
                     weight, bias, eps, cu_seqlens)
+
+
+def encoder_layers(
+    x: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    weights: list[torch.Tensor],
+    num_heads: int,
+    eps: float,
+    activation: str = "gelu",
+) -> torch.Tensor:
+    """Every encoder layer of a tier in one call, on packed tokens of exact shape (the CPU path).
+
+    Per layer: fused QKV dense, attention within each sequence, output dense, add+LayerNorm,
+    intermediate dense + activation, output dense, add+LayerNorm (BERT's post-LN layer; see
+    :func:`cascade_rt.reference.encoder_layers_ref`). The native CPU kernel runs all of it in
+    C++ with no return to Python between ops, and its dense layers read weights packed once
+    in oneDNN's layout (:func:`cascade_rt.dense.prepack`) with the bias and activation fused.
+
+    Args:
+        x: (T, hidden), float32/float16/bfloat16: embeddings of the packed tokens.
+        cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row's length.
+        weights: 12 tensors per layer (``w_qkv, b_qkv, w_o, b_o, ln1_w, ln1_b, w_i, b_i, w_out,
+            b_out, ln2_w, ln2_b``; see the reference), x's dtype; dense weights plain (N, K) or
+            packed by :func:`cascade_rt.dense.prepack`.
+        num_heads: attention heads.  eps: LayerNorm epsilon.
+        activation: ``"gelu"`` (erf), ``"gelu_tanh"``, ``"relu"`` or ``"none"``.
+
+    Returns:
+        (T, hidden) in x's dtype, newly allocated; token slots past ``cu_seqlens[-1]`` are
+        unspecified.
+    """
+    return dispatch("encoder_layers", x, cu_seqlens, int(max_seqlen), list(weights), int(num_heads),
+                    float(eps), activation)

@@ -33,6 +33,8 @@ __all__ = [
     "pack_ref",
     "unpack_ref",
     "linear_ref",
+    "encoder_layers_ref",
+    "ENCODER_WEIGHTS_PER_LAYER",
     "LINEAR_ACTIVATIONS",
     "EXIT_HEAD_ACTIVATIONS",
     "token_row_ids_ref",
@@ -339,3 +341,48 @@ def linear_ref(
     # in place unless autograd may need y (relu's backward reads its output)
     y = y.masked_fill(dead, 0) if y.requires_grad else y.masked_fill_(dead, 0)
     return y.to(x.dtype)
+
+
+#: tensors per layer in :func:`encoder_layers_ref`'s ``weights`` list, in this order
+ENCODER_WEIGHTS_PER_LAYER = 12
+
+
+def encoder_layers_ref(
+    x: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    weights: list[torch.Tensor],
+    num_heads: int,
+    eps: float,
+    activation: str,
+) -> torch.Tensor:
+    """Every encoder layer of a tier, one after another, on packed tokens (post-LayerNorm BERT).
+
+    Per layer: ``qkv = x Wqkv^T + bqkv`` split into heads, attention within each sequence
+    (:func:`varlen_attention_ref`), ``x = LN1(ctx Wo^T + bo + x)``,
+    ``x = LN2(act(x Wi^T + bi) Wout^T + bout + x)``.
+
+    x: (T, hidden), float.  cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row.
+    weights: 12 tensors per layer: ``w_qkv (3*hidden, hidden), b_qkv (3*hidden,), w_o (hidden,
+    hidden), b_o, ln1_w, ln1_b (hidden,), w_i (inter, hidden), b_i (inter,), w_out (hidden,
+    inter), b_out, ln2_w, ln2_b (hidden,)``, x's dtype; a dense weight may be given in oneDNN's
+    packed layout (:func:`cascade_rt.dense.prepack`; read back to (N, K) here).
+    num_heads: attention heads (``hidden % num_heads == 0``).  eps: both LayerNorms' epsilon.
+    activation: the intermediate activation, one of :data:`LINEAR_ACTIVATIONS`.
+    Returns (T, hidden) in x's dtype; token slots past ``cu_seqlens[-1]`` are unspecified.
+    """
+    if len(weights) % ENCODER_WEIGHTS_PER_LAYER:
+        raise ValueError(f"encoder_layers: weights must hold {ENCODER_WEIGHTS_PER_LAYER} tensors per layer, "
+                         f"got {len(weights)}")
+    T, hidden = x.shape
+    D = hidden // num_heads
+    for i in range(0, len(weights), ENCODER_WEIGHTS_PER_LAYER):
+        w_qkv, b_qkv, w_o, b_o, ln1_w, ln1_b, w_i, b_i, w_out, b_out, ln2_w, ln2_b = [
+            w.to_dense() if w.is_mkldnn else w for w in weights[i:i + ENCODER_WEIGHTS_PER_LAYER]]
+        qkv = linear_ref(x, w_qkv, b_qkv, cu_seqlens).view(T, 3, num_heads, D)
+        ctx = varlen_attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
+                                   1.0 / math.sqrt(D))
+        x = add_layer_norm_ref(linear_ref(ctx.reshape(T, hidden), w_o, b_o, cu_seqlens), x, ln1_w, ln1_b, eps)
+        h = linear_ref(x, w_i, b_i, cu_seqlens, activation)
+        x = add_layer_norm_ref(linear_ref(h, w_out, b_out, cu_seqlens), x, ln2_w, ln2_b, eps)
+    return x

@@ -13,6 +13,7 @@ OPS = {
     "unpack": _ref.unpack_ref,
     "linear": _ref.linear_ref,
     "embed_layer_norm": _ref.embed_layer_norm_ref,
+    "encoder_layers": _ref.encoder_layers_ref,
 }
 
 

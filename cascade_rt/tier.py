@@ -19,6 +19,7 @@ from torch import nn
 from . import backends, ops
 from .config import TierConfig
 from .dense import dense as dense_layer
+from .dense import prepack
 from .inputs import PackedBatch, prepare_inputs
 from .reference import token_row_ids_ref
 
@@ -108,6 +109,18 @@ class _Layer(nn.Module):
         return super()._apply(fn, recurse)
 
 
+#: parameters registered on any module so far (a module-level hook counts them): a cached list of
+#: a tier's parameter objects is stale once it moves, e.g. after ``layer.weight = nn.Parameter(...)``
+_param_registrations = [0]
+
+
+def _count_registration(module, name, param):
+    _param_registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
+
 def _views_of(whole: torch.Tensor, parts) -> bool:
     """Whether ``parts`` are, in order, the contiguous row slices that make up ``whole``."""
     ptr, step = whole.data_ptr(), whole.element_size()
@@ -193,6 +206,8 @@ class Tier(nn.Module):
         self._act_name = _LINEAR_ACTIVATION[config.hidden_act]
         self._head_act = self.family.head_activation(config)
         self.source_dir: str | None = None
+        # (signature of the dense weights, packed?) -> the encoder_layers weight list
+        self._encoder_weights: dict[bool, tuple[tuple, list, list[torch.Tensor]]] = {}
         self.register_state_dict_post_hook(_to_hf_names)
         self.register_load_state_dict_pre_hook(_from_hf_names)
 
@@ -242,9 +257,87 @@ class Tier(nn.Module):
         """
         backends.check_model_backend(input_ids.device, sync_free)
         x = self.embed(input_ids, token_type_ids, cu_seqlens, sync_free=sync_free)
+        if not sync_free:
+            y = self._encode_fused(x, cu_seqlens, max_seqlen)
+            if y is not None:
+                return y
         for i in range(self.config.num_hidden_layers):
             x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)
         return x
+
+    def _encode_fused(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor | None:
+        """Every layer in one :func:`cascade_rt.ops.encoder_layers` call (exact shapes), or
+        ``None`` where no backend runs that op on these inputs (CUDA, a forced Triton backend,
+        tracing): the caller then runs :meth:`run_layer` per layer. With the native CPU kernel
+        the dense weights are packed once (:meth:`encoder_weights`).
+
+        At batch 1 the encoder's GEMMs stream every weight through the caches, so each Python
+        step of a forward runs cold: this path keeps them few (one weight check, one dispatch).
+        """
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        cfg = self.config
+        args = (cfg.num_attention_heads, cfg.layer_norm_eps, self._act_name)
+        sig = self._weights_signature()
+        plain = self.encoder_weights(packed=False, signature=sig)
+        try:
+            name, fn = backends.implementation("encoder_layers", x, cu_seqlens, max_seqlen, plain, *args)
+        except NotImplementedError:
+            return None
+        weights = self.encoder_weights(packed=True, signature=sig) if name == "native" else plain
+        return fn(x, cu_seqlens, int(max_seqlen), weights, *args)
+
+    def _weight_sources(self) -> list[torch.Tensor]:
+        """The parameters the encoder weight lists are built from (held in order; gathered
+        again after any module anywhere registers a parameter, which a re-assigned one does)."""
+        got = self.__dict__.get("_sources")
+        sources = got[1] if got is not None and got[0] == _param_registrations[0] else None
+        if sources is None:
+            sources = []
+            for layer in self.bert.encoder.layer:
+                sa = getattr(layer.attention, "self")
+                sources += [sa.query.weight, sa.key.weight, sa.value.weight, sa.query.bias, sa.key.bias,
+                            sa.value.bias, layer.attention.output.dense.weight, layer.intermediate.dense.weight,
+                            layer.output.dense.weight]
+            self.__dict__["_sources"] = (_param_registrations[0], sources)
+        return sources
+
+    def _weights_signature(self) -> tuple:
+        return tuple([v for p in self._weight_sources() for v in (p._version, p.data_ptr())])
+
+    def encoder_weights(self, packed: bool = True, signature: tuple | None = None) -> list[torch.Tensor]:
+        """The weight list :func:`cascade_rt.ops.encoder_layers` takes (12 tensors per layer).
+
+        ``packed``: each dense weight in oneDNN's packed layout where the dense layers run
+        oneDNN (:func:`cascade_rt.dense.prepack`; the weight itself elsewhere). The list is
+        built once and kept; it is rebuilt when a dense weight changes (in place, which bumps
+        its version, or re-assigned, or moved), so a packed copy never goes stale. Packed
+        copies cost the dense weights' size in memory again. ``signature``: the weights'
+        current signature, when the caller has just computed it.
+        """
+        sig = self._weights_signature() if signature is None else signature
+        got = self._encoder_weights.get(packed)
+        if got is not None and got[0] == sig:
+            return got[2]
+        pack = prepack if packed else (lambda w: w)
+        weights = []
+        for layer in self.bert.encoder.layer:
+            w_qkv, b_qkv = layer.qkv_weights()
+            ao, inter, fo = layer.attention.output, layer.intermediate.dense, layer.output
+            weights += [pack(w_qkv), b_qkv, pack(ao.dense.weight), ao.dense.bias, ao.LayerNorm.weight,
+                        ao.LayerNorm.bias, pack(inter.weight), inter.bias, pack(fo.dense.weight), fo.dense.bias,
+                        fo.LayerNorm.weight, fo.LayerNorm.bias]
+        # qkv_weights() may have re-fused (new storage): sign what the list was built from, and
+        # hold those storages so that no later tensor can reuse an address in the signature
+        sig = self._weights_signature()
+        self._encoder_weights[packed] = (sig, [p.detach() for p in self._weight_sources()], weights)
+        return weights
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.half()/.cuda() replace the parameters: drop the weight lists built from them
+        self._encoder_weights = {}
+        self.__dict__.pop("_sources", None)
+        return super()._apply(fn, recurse)
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor, *,
               sync_free: bool = False) -> torch.Tensor:
@@ -254,7 +347,9 @@ class Tier(nn.Module):
         ``pad_token_id``), token types (none for DistilBERT: ``token_type_ids`` is ignored),
         and ELECTRA's projection of narrower embeddings to the hidden size. ``sync_free``
         (``T`` an upper bound): one :func:`cascade_rt.ops.embed_layer_norm` that gathers and
-        normalises only the live slots (rows past ``cu_seqlens[-1]`` are left unwritten).
+        normalises only the live slots (rows past ``cu_seqlens[-1]`` are left unwritten). On
+        the CPU the exact path runs that op too, on every slot (its native kernel is one pass);
+        on CUDA it gathers and calls :func:`cascade_rt.ops.add_layer_norm`.
         """
         cfg = self.config
         emb = self.bert.embeddings
@@ -266,13 +361,17 @@ class Tier(nn.Module):
         pos = self.family.position_ids(input_ids, pos, cfg.pad_token_id)
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
         proj = self.bert.embeddings_project
-        if sync_free:
+        if sync_free or input_ids.device.type == "cpu":  # one op (on the CPU: its native kernel)
             tt = emb.token_type_embeddings
             x = ops.embed_layer_norm(input_ids, pos, None if tt is None else token_type_ids,
                                      emb.word_embeddings.weight, emb.position_embeddings.weight,
                                      None if tt is None else tt.weight, emb.LayerNorm.weight,
-                                     emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens)
-            return x if proj is None else ops.linear(x, proj.weight, proj.bias, cu_seqlens, zero_dead=False)
+                                     emb.LayerNorm.bias, cfg.layer_norm_eps, cu_seqlens if sync_free else None)
+            if proj is None:
+                return x
+            if sync_free:
+                return ops.linear(x, proj.weight, proj.bias, cu_seqlens, zero_dead=False)
+            return dense_layer(x, proj.weight, proj.bias)
         x = emb.word_embeddings(input_ids)
         if emb.token_type_embeddings is None:  # no token types: LayerNorm(word + position)
             x = ops.add_layer_norm(x, emb.position_embeddings(pos), emb.LayerNorm.weight,
@@ -290,7 +389,9 @@ class Tier(nn.Module):
 
         ``sync_free=False`` (exact shapes, ``T`` about the live token count): the four dense
         layers run as :func:`cascade_rt.dense.dense` (cuBLAS on CUDA, oneDNN with the
-        activation fused on the CPU). ``sync_free=True`` (``T`` an upper bound, the
+        activation fused on the CPU). (On the CPU, :meth:`encode` runs all layers in one
+        :func:`cascade_rt.ops.encoder_layers` call instead; this per-layer path is what it is
+        tested against.) ``sync_free=True`` (``T`` an upper bound, the
         live count ``cu_seqlens[-1]`` only on the device): they run as
         :func:`cascade_rt.ops.linear`, which skips the dead rows (and leaves them unwritten),
         with the intermediate activation fused, so the GEMMs shrink as rows exit; attention

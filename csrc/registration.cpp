@@ -28,6 +28,13 @@ TORCH_LIBRARY(cascade_rt, m) {
       "Tensor(a!) out_logits, Tensor(b!) out_confidence, Tensor(c!) out_tier) -> ()");
   m.def("pack(Tensor padded, Tensor attention_mask) -> (Tensor tokens, Tensor cu_seqlens)");
   m.def("unpack(Tensor tokens, Tensor cu_seqlens, int max_seqlen) -> Tensor");
+  m.def(
+      "embed_layer_norm(Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word_w, "
+      "Tensor pos_w, Tensor? type_w, Tensor weight, Tensor bias, float eps, Tensor? cu_seqlens=None) -> "
+      "Tensor");
+  m.def(
+      "encoder_layers(Tensor x, Tensor cu_seqlens, int max_seqlen, Tensor[] weights, int num_heads, "
+      "float eps, str activation) -> Tensor");
 }
 
 namespace {

@@ -26,7 +26,7 @@ from cascade_rt import native_backend as N  # noqa: E402  (a failed build must f
 HAS_CUDA = torch.cuda.is_available()
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 DEVICES = ["cpu", pytest.param("cuda", marks=GPU)]
-LENGTHS = [[1, 7, 33, 2], [5], [0], [], [3, 0, 0], [64, 1, 17]]
+LENGTHS = [[1, 7, 33, 2], [5], [0], [], [3, 0, 0], [64, 1, 17], [48, 49, 12]]
 # (dtype, atol, rtol): about one unit in the last place of the output dtype
 FLOAT_TOLS = [
     (torch.float32, 2e-5, 2e-5),

@@ -59,6 +59,8 @@ void add_layer_norm_rows(const scalar_t* x, const scalar_t* r, const float* w, c
   });
 }
 
+}  // namespace
+
 at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
                               const at::Tensor& weight, const at::Tensor& bias, double eps) {
   TORCH_CHECK(x.dim() == 2, "add_layer_norm: x must be (N, H), got shape ", x.sizes());
@@ -84,8 +86,6 @@ at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
   });
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(cascade_rt, CPU, m) { m.impl("add_layer_norm", &add_layer_norm_cpu); }
 

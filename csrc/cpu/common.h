@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 
 // Hot fp32 loops are compiled for AVX-512 and AVX2 too and picked at load time (GCC/clang on
 // x86-64 Linux, through ifunc); elsewhere they build for the baseline ISA only.
@@ -26,6 +27,13 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const
 
 // Which GEMM gemm_f32 uses at run time ("BLAS sgemm" or "ATen mm").
 const char* gemm_backend();
+
+// The op kernels the fused encoder (encoder_layers.cpp) calls directly; see their files.
+at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                                std::optional<double> softmax_scale);
+at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
+                              const at::Tensor& weight, const at::Tensor& bias, double eps);
 
 // Bytes of one token row of a (T, ...) tensor.
 inline int64_t row_bytes(const at::Tensor& t) {

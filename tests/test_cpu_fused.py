@@ -1,0 +1,208 @@
+"""The CPU exact path: the fused encoder (``ops.encoder_layers``), dense weights packed once in
+oneDNN's layout (``dense.prepack``) and the native embeddings kernel, against their references.
+
+The native ops run with outputs poisoned (see ``test_native_ops.poisoned``: every ``at::empty``
+inside the extension is NaN), on odd sizes (hidden 40, 5 heads of 8, intermediate 72) and row
+lengths on both sides of the attention kernel's switch from direct loops to BLAS (48 tokens).
+The tier tests hold the packed copies to the weights they were made from: after an in-place
+update, a re-assigned parameter, a load_state_dict or a dtype round trip, a forward must equal
+the per-op path on the current weights.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from cascade_rt import backends, ops, reference as R
+from cascade_rt.dense import dense, dense_impl, prepack
+
+if os.environ.get("CASCADE_RT_NO_NATIVE") == "1":
+    pytest.skip("built with CASCADE_RT_NO_NATIVE=1", allow_module_level=True)
+
+from test_native_ops import cu_of, poisoned  # noqa: E402
+from test_sync_free import _padded, _tier  # noqa: E402
+
+HIDDEN, HEADS, INTER, LAYERS, EPS = 40, 5, 72, 2, 1e-12
+# (dtype, atol): the fused op and the reference round at the same points (each op's output in
+# x's dtype) but sum in other orders, so low-precision outputs may differ by a few units in the
+# last place of values of order one (LayerNorm outputs); fp32 by accumulation order only
+TOLS = [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 6e-3)]
+LENGTHS = [[1, 7, 33, 2], [5], [60, 3], [49, 48, 47], []]
+
+
+def _weights(dtype, g, layers=LAYERS):
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(shape, generator=g)).to(dtype)
+
+    ws = []
+    for _ in range(layers):
+        ws += [rnd(3 * HIDDEN, HIDDEN, scale=HIDDEN ** -0.5), rnd(3 * HIDDEN, scale=0.1),
+               rnd(HIDDEN, HIDDEN, scale=HIDDEN ** -0.5), rnd(HIDDEN, scale=0.1),
+               rnd(HIDDEN, scale=0.1, shift=1.0), rnd(HIDDEN, scale=0.1),
+               rnd(INTER, HIDDEN, scale=HIDDEN ** -0.5), rnd(INTER, scale=0.1),
+               rnd(HIDDEN, INTER, scale=INTER ** -0.5), rnd(HIDDEN, scale=0.1),
+               rnd(HIDDEN, scale=0.1, shift=1.0), rnd(HIDDEN, scale=0.1)]
+    return ws
+
+
+def _packed(ws):
+    dense_at = {0, 2, 6, 8}
+    return [prepack(w) if i % R.ENCODER_WEIGHTS_PER_LAYER in dense_at else w for i, w in enumerate(ws)]
+
+
+@pytest.mark.parametrize("lengths", LENGTHS, ids=str)
+@pytest.mark.parametrize("dtype,atol", TOLS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "plain"])
+def test_encoder_layers_native_matches_reference(lengths, dtype, atol, activation, packed):
+    g = torch.Generator().manual_seed(len(lengths) * 7 + len(activation))
+    cu, T = cu_of(lengths, "cpu")
+    x = torch.randn(T, HIDDEN, generator=g).to(dtype)
+    ws = _weights(dtype, g)
+    args = (cu, max(lengths, default=0))
+    with poisoned():
+        got = torch.ops.cascade_rt.encoder_layers(x, *args, _packed(ws) if packed else ws, HEADS, EPS, activation)
+    want = R.encoder_layers_ref(x, *args, ws, HEADS, EPS, activation)
+    assert got.shape == (T, HIDDEN) and got.dtype == dtype
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+
+def test_encoder_layers_dispatch_and_reference_take_packed_weights():
+    g = torch.Generator().manual_seed(3)
+    cu, T = cu_of([9, 4], "cpu")
+    x = torch.randn(T, HIDDEN, generator=g)
+    ws = _weights(torch.float32, g)
+    assert backends.implementation("encoder_layers", x, cu, 9, ws, HEADS, EPS, "gelu")[0] == "native"
+    want = R.encoder_layers_ref(x, cu, 9, ws, HEADS, EPS, "gelu")
+    torch.testing.assert_close(R.encoder_layers_ref(x, cu, 9, _packed(ws), HEADS, EPS, "gelu"), want,
+                               atol=0, rtol=0)
+    torch.testing.assert_close(ops.encoder_layers(x, cu, 9, _packed(ws), HEADS, EPS, "gelu"), want,
+                               atol=2e-5, rtol=0)
+
+
+def test_encoder_layers_rejects_bad_weights():
+    g = torch.Generator().manual_seed(4)
+    cu, T = cu_of([3], "cpu")
+    x = torch.randn(T, HIDDEN, generator=g)
+    ws = _weights(torch.float32, g, layers=1)
+    with pytest.raises(RuntimeError, match="12 tensors per layer"):
+        torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws[:-1], HEADS, EPS, "gelu")
+    with pytest.raises(RuntimeError, match="multiple of num_heads"):
+        torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws, 7, EPS, "gelu")
+    with pytest.raises(RuntimeError, match="QKV weight"):
+        torch.ops.cascade_rt.encoder_layers(x, cu, 3, [ws[2]] + ws[1:], HEADS, EPS, "gelu")
+    with pytest.raises(RuntimeError, match="activation"):
+        torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws, HEADS, EPS, "swish")
+
+
+@pytest.mark.parametrize("M", [0, 1, 2, 3, 17])
+@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "relu"])
+def test_dense_with_packed_weight_matches_plain(M, activation):
+    g = torch.Generator().manual_seed(M + 11)
+    x = torch.randn(M, 33, generator=g)
+    w = torch.randn(29, 33, generator=g) / 6
+    b = torch.randn(29, generator=g)
+    p = prepack(w)
+    if dense_impl("cpu", torch.float32) == "onednn":
+        assert p.is_mkldnn and tuple(p.shape) == (29, 33)
+    want = R.linear_ref(x, w, b, torch.tensor([0, M], dtype=torch.int32), activation)
+    torch.testing.assert_close(dense(x, p, b, activation), want, atol=2e-5, rtol=2e-5)
+
+
+# -- the native embeddings kernel ----------------------------------------------------------------
+@pytest.mark.parametrize("dtype,atol", TOLS[:2] + [(torch.float16, 2e-3)], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("typed", [True, False], ids=["types", "no_types"])
+def test_embed_layer_norm_native_skips_dead_slots(dtype, atol, typed):
+    g = torch.Generator().manual_seed(21)
+    V, P, Y, N, live = 50, 16, 3, 13, 9
+    word, pos_w = torch.randn(V, HIDDEN, generator=g).to(dtype), torch.randn(P, HIDDEN, generator=g).to(dtype)
+    type_w = torch.randn(Y, HIDDEN, generator=g).to(dtype) if typed else None
+    ids = torch.randint(0, V, (N,), generator=g)
+    pos = torch.randint(0, P, (N,), generator=g)
+    types = torch.randint(0, Y, (N,), generator=g) if typed else None
+    ln_w, ln_b = 1 + 0.1 * torch.randn(HIDDEN, generator=g), 0.1 * torch.randn(HIDDEN, generator=g)
+    ids[live:] = -7  # dead slots hold ids out of range: never gathered
+    cu = torch.tensor([0, 4, live], dtype=torch.int32)
+    with poisoned():
+        got = torch.ops.cascade_rt.embed_layer_norm(ids, pos, types, word, pos_w, type_w, ln_w, ln_b, 1e-5, cu)
+    want = R.embed_layer_norm_ref(ids[:live], pos[:live], None if types is None else types[:live], word, pos_w,
+                                  type_w, ln_w, ln_b, 1e-5)
+    torch.testing.assert_close(got[:live], want, atol=atol, rtol=0)
+    assert got[live:].isnan().all()  # left unwritten (poisoned)
+    with pytest.raises(RuntimeError, match=r"input_ids\[9\] = -7 is out of range \[0, 50\)"):
+        torch.ops.cascade_rt.embed_layer_norm(ids, pos, types, word, pos_w, type_w, ln_w, ln_b, 1e-5, None)
+
+
+# -- the tier's CPU path ------------------------------------------------------------------------
+def _per_op(tier, ids, mask, types):
+    """The tier's forward with every layer through run_layer (no fused encoder)."""
+    from cascade_rt.inputs import prepare_inputs
+
+    b = prepare_inputs(ids, mask, types, None, None, limits=[tier.config], device=tier.device)
+    with torch.no_grad():
+        x = tier.embed(b.input_ids, b.token_type_ids, b.cu_seqlens)
+        for i in range(tier.config.num_hidden_layers):
+            x = tier.run_layer(i, x, b.cu_seqlens, b.max_seqlen)
+        return tier.exit_head(tier.first_tokens(x, b.cu_seqlens), 1.0)[0]
+
+
+def test_tier_runs_one_fused_call_and_matches_the_per_op_path(monkeypatch):
+    tier = _tier(3, 40, 5, 7)
+    ids, mask, types = _padded([1, 7, 60, 2, 33], seed=2, width=64)
+    calls = []
+    real = torch.ops.cascade_rt.encoder_layers
+    monkeypatch.setattr(torch.ops.cascade_rt, "encoder_layers", lambda *a: calls.append(a) or real(*a),
+                        raising=False)
+    from cascade_rt import native_backend as N
+
+    monkeypatch.setitem(N.OPS, "encoder_layers", torch.ops.cascade_rt.encoder_layers)
+    got = tier(ids, mask, types)
+    assert len(calls) == 1 and len(calls[0][3]) == 12 * 3
+    if dense_impl("cpu", torch.float32) == "onednn":
+        assert calls[0][3][0].is_mkldnn  # the packed QKV weight
+    torch.testing.assert_close(got, _per_op(tier, ids, mask, types), atol=2e-5, rtol=0)
+    # grad mode changes nothing (inside, oneDNN would take another path for a grad-requiring bias)
+    from cascade_rt.inputs import prepare_inputs
+
+    b = prepare_inputs(ids, mask, types, None, None, limits=[tier.config], device=tier.device)
+    args = (b.input_ids, b.token_type_ids, b.cu_seqlens, b.max_seqlen)
+    with torch.no_grad():
+        want = tier.encode(*args)
+    assert torch.equal(tier.encode(*args), want)
+
+
+def test_packed_weights_follow_every_kind_of_update():
+    tier = _tier(2, 40, 5, 9)
+    ids, mask, types = _padded([5, 17, 3], seed=4)
+
+    def check():
+        torch.testing.assert_close(tier(ids, mask, types), _per_op(tier, ids, mask, types), atol=2e-5, rtol=0)
+
+    check()
+    layer = tier.bert.encoder.layer[1]
+    with torch.no_grad():
+        layer.intermediate.dense.weight.mul_(-1.5)  # in place: bumps the version
+        getattr(layer.attention, "self").key.weight.add_(0.3)  # lands in the fused QKV storage
+    check()
+    layer.output.dense.weight = torch.nn.Parameter(torch.randn_like(layer.output.dense.weight) * 0.2)
+    check()
+    tier.load_state_dict(_tier(2, 40, 5, 10).state_dict())
+    check()
+    before = tier(ids, mask, types)
+    tier.double().float()  # new storages, possibly at the old addresses
+    check()
+    torch.testing.assert_close(tier(ids, mask, types), before, atol=2e-5, rtol=0)
+
+
+def test_forced_reference_runs_the_reference_encoder():
+    tier = _tier(2, 40, 5, 12)
+    ids, mask, types = _padded([4, 9], seed=6)
+    want = tier(ids, mask, types)
+    with backends.use_backend("reference"):
+        got = tier(ids, mask, types)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    assert math.isfinite(float(got.abs().max()))
