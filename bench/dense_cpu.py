@@ -2,9 +2,11 @@
 
 For the four dense layers of a BERT encoder layer (QKV, attention output, intermediate with
 GELU, output) at MiniLM (384 wide) and BERT-base (768 wide) shapes, and row counts from one
-token to a large packed batch, times ``cascade_rt.dense.dense`` with oneDNN and with ATen
-(``F.linear`` then the activation: what a tier ran before), interleaved, and prints GFLOP/s
-and the ratio. Writes ``bench/results/dense_cpu.json``.
+token to a large packed batch, times ``cascade_rt.dense.dense`` three ways, interleaved: ATen
+(``F.linear`` then the activation: what a tier ran first), oneDNN on the plain (N, K) weight,
+and oneDNN on the weight packed once in its blocked layout (``cascade_rt.dense.prepack``: what
+the fused CPU encoder runs). Prints GFLOP/s and each oneDNN way's speed-up over ATen. Writes
+``bench/results/dense_cpu.json``.
 
     .venv/bin/python bench/dense_cpu.py --threads 2
 """
@@ -19,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from cascade_rt.dense import dense, set_onednn  # noqa: E402
+from cascade_rt.dense import dense, prepack, set_onednn  # noqa: E402
 
 WIDTHS = {"minilm": 384, "bert-base": 768}
 ROWS = (1, 2, 4, 10, 32, 128, 512, 2000, 6000)
@@ -49,26 +51,33 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32")
-    print(f"{'model':<10}{'layer':<14}{'rows':>6}{'aten GF/s':>11}{'oneDNN GF/s':>13}{'ratio':>8}")
+    print(f"{'model':<10}{'layer':<14}{'rows':>6}{'aten GF/s':>11}{'oneDNN GF/s':>13}{'ratio':>8}"
+          f"{'packed GF/s':>13}{'ratio':>8}")
     try:
         for model in args.models:
             for name, k, n, act in layers(WIDTHS[model]):
                 g = torch.Generator().manual_seed(k * n)
                 w = torch.randn(n, k, generator=g) / k ** 0.5
                 b = torch.randn(n, generator=g)
+                set_onednn(True)
+                wp = prepack(w)
                 for m in args.rows:
                     x = torch.randn(m, k, generator=g)
                     t = common.interleaved({"aten": lambda: run(False, x, w, b, act),
-                                            "onednn": lambda: run(True, x, w, b, act)}, warmup=2, runs=args.runs)
+                                            "onednn": lambda: run(True, x, w, b, act),
+                                            "packed": lambda: run(True, x, wp, b, act)}, warmup=2, runs=args.runs)
                     fl = 2 * m * k * n
                     r = {"model": model, "layer": name, "rows": m, "k": k, "n": n, "activation": act,
                          "aten_ms": t["aten"]["median"] * 1e3, "onednn_ms": t["onednn"]["median"] * 1e3,
                          "aten_gflops": fl / t["aten"]["median"] / 1e9,
                          "onednn_gflops": fl / t["onednn"]["median"] / 1e9,
-                         "speedup": t["aten"]["median"] / t["onednn"]["median"]}
+                         "speedup": t["aten"]["median"] / t["onednn"]["median"],
+                         "packed_ms": t["packed"]["median"] * 1e3,
+                         "packed_gflops": fl / t["packed"]["median"] / 1e9,
+                         "packed_speedup": t["aten"]["median"] / t["packed"]["median"]}
                     results.append(r)
                     print(f"{model:<10}{name:<14}{m:>6}{r['aten_gflops']:>11.1f}{r['onednn_gflops']:>13.1f}"
-                          f"{r['speedup']:>7.2f}x", flush=True)
+                          f"{r['speedup']:>7.2f}x{r['packed_gflops']:>13.1f}{r['packed_speedup']:>7.2f}x", flush=True)
     finally:
         set_onednn(True)
     cfg = {"rows": args.rows, "models": args.models, "runs": args.runs, "dtype": "float32",

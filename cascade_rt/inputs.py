@@ -143,6 +143,10 @@ def prepare_inputs(
             z = torch.zeros(0, dtype=torch.int64, device=device)
             return PackedBatch(z, z, torch.zeros(1, dtype=torch.int32, device=device), 0, 0)
         mask = attention_mask.to(torch.int64)
+        if not no_mask and device.type == "cpu" and S > 0:
+            # a mask of ones (one row, or rows of one length) needs neither checks nor packing
+            lo, hi = torch.aminmax(mask)
+            no_mask = int(lo) == 1 and int(hi) == 1
         if check and not no_mask:
             _require(((mask == 0) | (mask == 1)).all(), "attention_mask must hold only 0 and 1")
             if S > 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -107,6 +108,16 @@ class _Layer(nn.Module):
         # .to()/.half()/.cuda() give each parameter its own storage: drop the old fused one
         self._qkv_fused = None
         return super()._apply(fn, recurse)
+
+
+def _positions_in_rows_cpu(cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+    """Each token's position inside its row, (T,) int64, computed on the host (NumPy: a few
+    microseconds where the device-side way takes several torch ops); ``None`` when there are
+    dead slots (the caller's general path handles them)."""
+    cu = cu_seqlens.numpy()
+    if int(cu[-1]) != num_tokens:
+        return None
+    return torch.from_numpy(np.arange(num_tokens, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), np.diff(cu)))
 
 
 #: parameters registered on any module so far (a module-level hook counts them): a cached list of
@@ -354,10 +365,12 @@ class Tier(nn.Module):
         cfg = self.config
         emb = self.bert.embeddings
         T = input_ids.shape[0]
-        row = token_row_ids_ref(cu_seqlens, T)
-        starts = torch.cat([cu_seqlens.to(torch.int64), cu_seqlens.new_zeros(1).to(torch.int64)])
-        # position of each token inside its row; dead slots clamp into range (results unused)
-        pos = torch.arange(T, device=input_ids.device) - starts[row]
+        pos = _positions_in_rows_cpu(cu_seqlens, T) if input_ids.device.type == "cpu" else None
+        if pos is None:
+            row = token_row_ids_ref(cu_seqlens, T)
+            starts = torch.cat([cu_seqlens.to(torch.int64), cu_seqlens.new_zeros(1).to(torch.int64)])
+            # position of each token inside its row; dead slots clamp into range (results unused)
+            pos = torch.arange(T, device=input_ids.device) - starts[row]
         pos = self.family.position_ids(input_ids, pos, cfg.pad_token_id)
         pos = pos.clamp_(0, cfg.max_position_embeddings - 1)
         proj = self.bert.embeddings_project
