@@ -143,7 +143,9 @@ def prepare_inputs(
             z = torch.zeros(0, dtype=torch.int64, device=device)
             return PackedBatch(z, z, torch.zeros(1, dtype=torch.int32, device=device), 0, 0)
         mask = attention_mask.to(torch.int64)
-        if not no_mask and device.type == "cpu" and S > 0:
+        # exact shapes on the CPU (trim: reading back is free there), not traced
+        eager_cpu = trim and device.type == "cpu" and not torch.compiler.is_compiling()
+        if not no_mask and eager_cpu and S > 0:
             # a mask of ones (one row, or rows of one length) needs neither checks nor packing
             lo, hi = torch.aminmax(mask)
             no_mask = int(lo) == 1 and int(hi) == 1
@@ -169,7 +171,7 @@ def prepare_inputs(
                     f"input is {S} tokens wide, more than max_position_embeddings {max_pos}; "
                     f"cut the padding or the sequences"
                 )
-        if no_mask and device.type == "cpu":
+        if no_mask and eager_cpu:
             # no padding: the rows are already packed, back to back (no copy of the ids)
             ids = input_ids.reshape(-1).to(torch.int64)
             types = (token_type_ids.reshape(-1).to(torch.int64) if token_type_ids is not None
@@ -182,7 +184,7 @@ def prepare_inputs(
             ids, types = packed[:, 0], packed[:, 1]
         T = ids.shape[0]
 
-    if check and T > 0 and ids.device.type == "cpu":
+    if check and T > 0 and ids.device.type == "cpu" and not torch.compiler.is_compiling():
         # on the CPU reading the bounds back is free: one min/max pass per tensor, and the
         # masks that locate the first bad value only when there is one
         n = int(cu[-1])
@@ -194,12 +196,20 @@ def prepare_inputs(
             if int(lo_v) < 0 or int(hi_v) >= hi:
                 live = values[:n]
                 raise InputError(what + _first_bad(live, (live < 0) | (live >= hi)))
-    elif check and T > 0:  # accelerators: asserts on the device, no host read
+    elif check and T > 0:
         live = torch.arange(T, device=ids.device) < cu[-1]
         bad = live & ((ids < 0) | (ids >= vocab))
-        torch._assert_async(~bad.any(), f"token id out of range [0, {vocab}) of the vocabulary")
+        if ids.device.type == "cpu":
+            if bool(bad.any()):
+                raise InputError(f"token id out of range [0, {vocab}) of the vocabulary{_first_bad(ids, bad)}")
+        else:
+            torch._assert_async(~bad.any(), f"token id out of range [0, {vocab}) of the vocabulary")
         badt = live & ((types < 0) | (types >= n_types))
-        torch._assert_async(~badt.any(), f"token_type_ids out of range [0, {n_types})")
+        if types.device.type == "cpu":
+            if bool(badt.any()):
+                raise InputError(f"token_type_ids out of range [0, {n_types}){_first_bad(types, badt)}")
+        else:
+            torch._assert_async(~badt.any(), f"token_type_ids out of range [0, {n_types})")
 
     if trim and B > 0:
         total = int(cu[-1])

@@ -22,6 +22,7 @@ from .config import TierConfig
 from .dense import dense as dense_layer
 from .dense import prepack
 from .inputs import PackedBatch, prepare_inputs
+from .models.base import positions_from_zero
 from .reference import token_row_ids_ref
 
 __all__ = ["Tier"]
@@ -199,6 +200,80 @@ def _rename(state_dict, renames: dict) -> None:
     state_dict.update(values)
 
 
+class _CpuPlan:
+    """A tier's CPU exact path (embeddings, encoder, exit head) with every per-call decision
+    made once: the backend (native for all three ops, checked when built), the tensors
+    (fetched once instead of through ``nn.Module`` attribute chains), the position rule.
+
+    At batch 1 the encoder's GEMMs stream the weights through the caches, so the Python
+    between two forwards runs cold and each dispatch or attribute chain costs tens of
+    microseconds; this keeps a forward to one input check, one weight signature and three op
+    calls. It holds the parameter objects, so in-place updates are seen; the tier drops it on
+    ``.to()`` and rebuilds it when a parameter is re-assigned anywhere or the forced backend
+    changes (``Tier._cpu_plan``).
+    """
+
+    def __init__(self, tier: "Tier", embed_fn, encoder_fn, head_fn):
+        cfg, emb = tier.config, tier.bert.embeddings
+        self.tier = tier
+        self.embed_fn, self.encoder_fn, self.head_fn = embed_fn, encoder_fn, head_fn
+        tt = emb.token_type_embeddings
+        self.tables = (emb.word_embeddings.weight, emb.position_embeddings.weight,
+                       None if tt is None else tt.weight, emb.LayerNorm.weight, emb.LayerNorm.bias)
+        self.typed = tt is not None
+        self.zero_based = tier.family.position_ids is positions_from_zero
+        self.head = (tier.bert.pooler.dense.weight, tier.bert.pooler.dense.bias, tier.classifier.weight,
+                     tier.classifier.bias)
+        self.args = (cfg.num_attention_heads, cfg.layer_norm_eps, tier._act_name)
+
+    @classmethod
+    def build(cls, tier: "Tier") -> "_CpuPlan | None":
+        ops_ = getattr(backends._module("native"), "OPS", {})
+        if (tier.device.type != "cpu" or backends.priority("cpu")[0] != "native" or tier.bert.embeddings_project
+                is not None or not all(k in ops_ for k in ("embed_layer_norm", "encoder_layers", "exit_head"))):
+            return None
+        cfg = tier.config
+        # the decisions that depend on dtypes and fixed shapes only, asked once on real tensors
+        x = tier.bert.embeddings.word_embeddings.weight[:1].detach()
+        cu = torch.tensor([0, 1], dtype=torch.int32)
+        one = torch.zeros(1, dtype=torch.int64)
+        emb = tier.bert.embeddings
+        tt = emb.token_type_embeddings
+        probes = (("embed_layer_norm", (one, one, None if tt is None else one, emb.word_embeddings.weight,
+                                        emb.position_embeddings.weight, None if tt is None else tt.weight,
+                                        emb.LayerNorm.weight, emb.LayerNorm.bias, cfg.layer_norm_eps, None)),
+                  ("encoder_layers", (x, cu, 1, tier.encoder_weights(packed=False), cfg.num_attention_heads,
+                                      cfg.layer_norm_eps, tier._act_name)),
+                  ("exit_head", (x, tier.bert.pooler.dense.weight, tier.bert.pooler.dense.bias,
+                                 tier.classifier.weight, tier.classifier.bias, 1.0, tier._head_act)))
+        fns = []
+        for op, args in probes:
+            try:
+                name, fn = backends.implementation(op, *args)
+            except NotImplementedError:
+                return None
+            if name != "native":
+                return None
+            fns.append(fn)
+        return cls(tier, *fns)
+
+    def encode(self, input_ids, token_type_ids, cu_seqlens, max_seqlen) -> torch.Tensor | None:
+        T = input_ids.shape[0]
+        pos = _positions_in_rows_cpu(cu_seqlens, T) if self.zero_based else None
+        if pos is None:
+            return None  # dead slots or another position rule: the general path
+        # (a position past the table is refused by the kernel; prepare_inputs refuses such rows)
+        word, pos_w, type_w, ln_w, ln_b = self.tables
+        tier = self.tier
+        x = self.embed_fn(input_ids, pos, token_type_ids if self.typed else None, word, pos_w, type_w, ln_w, ln_b,
+                          self.args[1], None)
+        weights = tier.encoder_weights(packed=True)
+        return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args)
+
+    def exit_head(self, cls_hidden, threshold: float):
+        return self.head_fn(cls_hidden, *self.head, threshold, self.tier._head_act)
+
+
 class Tier(nn.Module):
     """A BERT-family sequence classifier that runs padding-free.
 
@@ -267,6 +342,12 @@ class Tier(nn.Module):
             ``cu_seqlens[-1]`` hold no meaningful values.
         """
         backends.check_model_backend(input_ids.device, sync_free)
+        if not sync_free and input_ids.device.type == "cpu":
+            plan = self._cpu_plan()
+            if plan is not None:
+                y = plan.encode(input_ids, token_type_ids, cu_seqlens, max_seqlen)
+                if y is not None:
+                    return y
         x = self.embed(input_ids, token_type_ids, cu_seqlens, sync_free=sync_free)
         if not sync_free:
             y = self._encode_fused(x, cu_seqlens, max_seqlen)
@@ -297,6 +378,19 @@ class Tier(nn.Module):
             return None
         weights = self.encoder_weights(packed=True, signature=sig) if name == "native" else plain
         return fn(x, cu_seqlens, int(max_seqlen), weights, *args)
+
+    def _cpu_plan(self) -> "_CpuPlan | None":
+        """The CPU exact path with its choices made once (see :class:`_CpuPlan`), or ``None``
+        where the native backend would not run it (forced elsewhere, not built, tracing)."""
+        if torch.compiler.is_compiling():
+            return None
+        key = (backends.get_backend(), _param_registrations[0])
+        got = self.__dict__.get("_plan")
+        if got is not None and got[0] == key:
+            return got[1]
+        plan = _CpuPlan.build(self)
+        self.__dict__["_plan"] = (key, plan)
+        return plan
 
     def _weight_sources(self) -> list[torch.Tensor]:
         """The parameters the encoder weight lists are built from (held in order; gathered
@@ -348,6 +442,7 @@ class Tier(nn.Module):
         # .to()/.half()/.cuda() replace the parameters: drop the weight lists built from them
         self._encoder_weights = {}
         self.__dict__.pop("_sources", None)
+        self.__dict__.pop("_plan", None)
         return super()._apply(fn, recurse)
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor, *,
@@ -365,7 +460,8 @@ class Tier(nn.Module):
         cfg = self.config
         emb = self.bert.embeddings
         T = input_ids.shape[0]
-        pos = _positions_in_rows_cpu(cu_seqlens, T) if input_ids.device.type == "cpu" else None
+        # exact shapes on the CPU: the host computes positions (the sync-free path reads nothing back)
+        pos = _positions_in_rows_cpu(cu_seqlens, T) if input_ids.device.type == "cpu" and not sync_free else None
         if pos is None:
             row = token_row_ids_ref(cu_seqlens, T)
             starts = torch.cat([cu_seqlens.to(torch.int64), cu_seqlens.new_zeros(1).to(torch.int64)])
@@ -446,6 +542,10 @@ class Tier(nn.Module):
         """Fused head dense + activation + classifier + confidence test (the family's head:
         BERT pooler + tanh, RoBERTa dense + tanh, DistilBERT pre_classifier + ReLU, ELECTRA dense +
         GELU); see :func:`cascade_rt.ops.exit_head`."""
+        if cls_hidden.device.type == "cpu":
+            plan = self._cpu_plan()
+            if plan is not None:
+                return plan.exit_head(cls_hidden, float(threshold))
         return ops.exit_head(
             cls_hidden, self.bert.pooler.dense.weight, self.bert.pooler.dense.bias,
             self.classifier.weight, self.classifier.bias, threshold, self._head_act,

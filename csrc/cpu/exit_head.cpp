@@ -1,5 +1,4 @@
-// CPU exit head: head dense GEMM (+bias; direct dot products for a few rows) and classifier GEMM
-// in fp32 through ATen's BLAS, the
+// CPU exit head: head dense GEMM (+bias) and classifier GEMM in fp32 through ATen's BLAS, the
 // head activation (tanh, relu, gelu, gelu_tanh) in place, then one pass per row fusing softmax,
 // max probability and the threshold test.
 #include <ATen/Parallel.h>
@@ -18,25 +17,6 @@
 
 namespace cascade_rt::cpu {
 namespace {
-
-// Up to this many rows the head's dense layer runs as the dot products below: at batch 1 a
-// BLAS call for one row costs more in dispatch than its 0.15 MFLOP of arithmetic.
-constexpr int64_t kDirectMaxRows = 4;
-
-// y[m][n] = b[n] + x[m] . w[n] (fp32; x: M x K, w: N x K, row-major)
-CASCADE_RT_VECTOR_CLONES void dense_rows_f32(const float* x, const float* w, const float* b,
-                                             float* y, int64_t M, int64_t N, int64_t K) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xr = x + m * K;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* wr = w + n * K;
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < K; ++k) acc += xr[k] * wr[k];
-      y[m * N + n] = acc + b[n];
-    }
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
     const at::Tensor& cls_hidden, const at::Tensor& pooler_w, const at::Tensor& pooler_b,
@@ -69,16 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
   at::Tensor exit_mask = at::empty({B}, cls_hidden.options().dtype(at::kBool));
   if (B == 0) return {at::empty({0, C}, fopt), confidence, exit_mask};
 
-  at::Tensor pooled;
-  if (B <= kDirectMaxRows && cls_hidden.scalar_type() == at::kFloat &&
-      pooler_w.scalar_type() == at::kFloat && pooler_b.scalar_type() == at::kFloat) {
-    pooled = at::empty({B, H}, fopt);
-    const at::Tensor x = cls_hidden.contiguous(), w = pooler_w.contiguous(), b = pooler_b.contiguous();
-    dense_rows_f32(x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
-                   pooled.data_ptr<float>(), B, H, H);
-  } else {
-    pooled = at::addmm(f32(pooler_b), f32(cls_hidden), f32(pooler_w).t());
-  }
+  at::Tensor pooled = at::addmm(f32(pooler_b), f32(cls_hidden), f32(pooler_w).t());
   if (activation == "tanh") {
     pooled.tanh_();
   } else if (activation == "relu") {

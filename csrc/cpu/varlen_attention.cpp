@@ -65,19 +65,26 @@ CASCADE_RT_VECTOR_CLONES void softmax_row(float* row, int64_t n, float scale) {
 constexpr int64_t kDirectMaxLen = 48;
 
 // One (sequence, head) for short sequences: S = softmax(scale Q K^T) row by row, then O = S V.
-// Q, K, V, O: L rows of D floats with row strides qs, ks, vs, os; S: L x L scratch.
+// Q, K, V, O: L rows of D floats with row strides qs, ks, vs, os; S: L x L scratch, KT: D x L
+// scratch. K is transposed first so that each score row is built with unit-stride vector FMAs
+// along the keys (a dot product per key would end in a horizontal sum per score).
 CASCADE_RT_VECTOR_CLONES void attend_direct(const float* Q, int64_t qs, const float* K, int64_t ks,
                                             const float* V, int64_t vs, float* O, int64_t os,
-                                            int64_t L, int64_t D, float scale, float* S) {
+                                            int64_t L, int64_t D, float scale, float* S, float* KT) {
+  for (int64_t j = 0; j < L; ++j) {
+    const float* k = K + j * ks;
+    for (int64_t d = 0; d < D; ++d) KT[d * L + j] = k[d];
+  }
   for (int64_t i = 0; i < L; ++i) {
     const float* q = Q + i * qs;
     float* srow = S + i * L;
-    for (int64_t j = 0; j < L; ++j) {
-      const float* k = K + j * ks;
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t d = 0; d < D; ++d) acc += q[d] * k[d];
-      srow[j] = acc;
+#pragma omp simd
+    for (int64_t j = 0; j < L; ++j) srow[j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = q[d];
+      const float* kt = KT + d * L;
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) srow[j] += qd * kt[j];
     }
     softmax_row(srow, L, scale);
     float* o = O + i * os;
@@ -155,8 +162,10 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), ntasks);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    std::vector<float> scratch(lmax * lmax);
+    // S (lmax x lmax), then K^T (D x L) for the direct path (L <= kDirectMaxLen)
+    std::vector<float> scratch(lmax * lmax + D * std::min(lmax, kDirectMaxLen));
     float* S = scratch.data();
+    float* KT = S + lmax * lmax;
     for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
       const int64_t b = seqs[t / H], h = t % H;
       const int64_t s = cup[b], L = cup[b + 1] - cup[b];
@@ -165,7 +174,7 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
       const float* V = vp + s * vs0 + h * vs1;
       float* O = op + s * os0 + h * D;
       if (L <= kDirectMaxLen) {
-        attend_direct(Q, qs0, K, ks0, V, vs0, O, os0, L, D, scale, S);
+        attend_direct(Q, qs0, K, ks0, V, vs0, O, os0, L, D, scale, S, KT);
         continue;
       }
       // column-major: S^T (L x L) = K Q^T, i.e. row-major S[i][j] = q_i . k_j
