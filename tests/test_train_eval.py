@@ -28,6 +28,12 @@ def test_dao_loss_by_hand():
     # no hard row: the ranking term vanishes
     _, _, r = dao_loss(logits, labels, torch.ones(4, dtype=torch.bool))
     assert r.item() == 0.0
+    # every (easy, hard) pair: easy rows 0 and 2 against hard rows 1 and 3
+    _, _, r = dao_loss(logits, labels, easy, margin=0.1, pairs="all")  # some pairs past the margin
+    assert r.item() == pytest.approx(np.mean([max(0.0, 0.1 - (conf[e] - conf[h])) for e in (0, 2) for h in hard]),
+                                     rel=1e-6)
+    with pytest.raises(ValueError, match="pairs"):
+        dao_loss(logits, labels, easy, pairs="some")
 
 
 def test_ece_by_hand():
