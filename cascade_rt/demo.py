@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--large-layers", type=int, default=6, help="layers of the final tier")
     p.add_argument("--cache", default=None, help="where trained tiers are cached (default: <cache>/demo)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many rows per split (smoke runs)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train every model into the cache and stop (no evaluation, no outputs): e.g. to train "
+                        "several seeds or data sets in parallel, one thread each, then evaluate them in one run")
 
 
 def _step(msg: str) -> float:
@@ -138,11 +141,16 @@ def run(args) -> int:
         _step(f"seed {seed}")
         pts, rel = _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles)
         seconds[seed] = time.perf_counter() - t_seed
+        if args.train_only:
+            print(f"seed {seed}: trained in {seconds[seed]:.0f} s")
+            continue
         (out / f"sweep_seed{seed}.json").write_text(json.dumps(pts, indent=2) + "\n")
         print(_table(pts))
         print(_goals_text(goals(pts)))
         points += pts
         reliab = reliab or rel
+    if args.train_only:
+        return 0
     agg = aggregate(points)
     per_seed_goals = {s: goals([p for p in points if p["seed"] == s]) for s in seeds}
     meta = {"data": splits.name, "small_layers": sorted(args.small_layers), "large_layers": args.large_layers,
@@ -238,6 +246,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
         EarlyExitBert(backbone, heads).save_pretrained(ee_dir)
         print(f"  done in {time.perf_counter() - t:.0f} s")
     early = EarlyExitBert.from_pretrained(ee_dir)
+    if args.train_only:
+        return [], None
 
     # ---- evaluation -------------------------------------------------------------------------
     _step("evaluating on dev (threshold search) and test")
