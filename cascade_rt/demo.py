@@ -548,13 +548,14 @@ def _plot(agg, reliab, path, reliability_bins, large_layers: int) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax2.plot([0, 1], [0, 1], "k--", lw=1)
-    for m, (conf, corr) in reliab.items():
+    for m, (conf, corr) in (reliab or {}).items():
         centres, acc, _ = reliability_bins(conf, corr)
         ax2.plot(centres, acc, marker=styles[m][1], color=styles[m][0], label=styles[m][2])
     ax2.set_xlabel("confidence")
     ax2.set_ylabel("accuracy")
     ax2.set_title("reliability (first seed, points at 2x target)", fontsize=9)
-    ax2.legend(fontsize=8)
+    if reliab:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
