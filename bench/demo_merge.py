@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-PER_RUN = {"seeds", "seconds_per_seed", "wall_seconds", "loadavg_at_start", "commit", "threads"}
+PER_RUN = {"seeds", "seconds_per_seed", "wall_seconds", "loadavg_at_start", "commit", "threads", "note"}
 
 
 def main(argv=None) -> int:
