@@ -10,7 +10,7 @@ from cascade_rt.demo import aggregate, default_singles, goals
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2",
+    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2", "--small-layers", "1",
            "--folds", "2", "--targets", "2", "--seeds", "0", "1", "--quiet", "--out", str(tmp_path / "out"),
            "--cache", str(tmp_path / "cache"), "--epochs", "0.5", "--small-epochs", "0.5"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
