@@ -8,11 +8,15 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
 3. difficulty labels: k-fold held-out predictions of the small tier on the training split;
 4. the small tier with DAO and without (the ablation);
 5. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
+   single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 6. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
    per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
    measured speed-up (wall clock, each point timed interleaved with the 6-layer tier alone)
    on test.
-Writes ``sweep.json`` (a list of points) and ``sweep.png`` (accuracy against speed-up, and a
+Every step runs once per training seed (``--seeds``; the split stays fixed). Writes
+``sweep.json`` (a list of points, each with its seed), ``sweep_seed<s>.json``,
+``aggregate.json`` (mean and std per method and target; the goals of issue 14 per seed and over
+seeds), ``table.txt``, ``meta.json`` and ``sweep.png`` (accuracy against speed-up, and a
 reliability diagram) into ``--out``.
 """
 from __future__ import annotations
