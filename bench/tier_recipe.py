@@ -40,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large", default=None, help="a trained final tier: also report the cascade")
     p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.2, 2.5])
     p.add_argument("--data", default="movies")
+    p.add_argument("--dao", action="store_true",
+                   help="train with the difficulty-aware objective (difficulty labels: --folds-fold held-out "
+                        "predictions of the same recipe without DAO, cached in --difficulty-cache)")
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--margin", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--pairs", choices=("sampled", "all"), default="sampled", help="DAO ranking pairs (see dao_loss)")
+    p.add_argument("--difficulty-cache", default=None, help="JSON file for the difficulty labels (reused when there)")
+    p.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="keep the trained tier here (default: a temporary dir)")
@@ -52,25 +61,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from cascade_rt import Tier, make_classifier_checkpoint
     from cascade_rt.data import load_dataset
-    from cascade_rt.evaluate import search_thresholds, simulate_exits, tier_row_costs
+    from cascade_rt.evaluate import dis, search_thresholds, simulate_exits, tier_row_costs
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
-    from cascade_rt.train import TrainConfig, encode, finetune, predict_probs
+    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs
 
     if args.threads:
         torch.set_num_threads(args.threads)
     src = shipped_minilm_dir()
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
-    splits = load_dataset(args.data, seed=args.seed)
+    splits = load_dataset(args.data, seed=args.seed if args.split_seed is None else args.split_seed)
     tr, dv, te = (encode(tok, getattr(splits, s), 64) for s in ("train", "dev", "test"))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16)
+                      freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16,
+                      margin=args.margin, lam=args.lam, dao_pairs=args.pairs)
+    diff = None
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
         make_classifier_checkpoint(src, init, num_labels=splits.num_labels, num_layers=args.layers, seed=args.seed)
         out = Path(args.out) if args.out else Path(tmp) / "tier"
+        if args.dao:
+            t0 = time.perf_counter()
+            diff = difficulty_labels(init, tr, cfg, folds=args.folds, extra={"dev": dv}, quiet=True,
+                                     cache=Path(args.difficulty_cache) if args.difficulty_cache else None)
+            label_s = time.perf_counter() - t0
+            cfg.dao = True
         t0 = time.perf_counter()
-        finetune(init, tr, out, cfg, quiet=True)
+        finetune(init, tr, out, cfg, easy=diff["easy"] if diff else None, quiet=True)
         train_s = time.perf_counter() - t0
         tier = Tier.from_pretrained(out)
     p_dv = predict_probs(tier, dv)
@@ -80,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
            "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "commit": source_commit(),
            "dev_accuracy": float((p_dv.argmax(-1).numpy() == y_dv).mean())}
+    if diff is not None:
+        easy_dv = diff["extra"]["dev"]["easy"]
+        rec["difficulty"] = {"easy_train": int(sum(diff["easy"])), "train_rows": len(tr),
+                             "label_seconds": round(label_s, 1)}
+        rec["dev_dis"] = dis(p_dv.amax(-1).numpy(), easy_dv)
     if args.final:
         p_te = predict_probs(tier, te)
         rec["test_accuracy"] = float((p_te.argmax(-1).numpy() == y_te).mean())

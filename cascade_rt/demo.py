@@ -8,11 +8,15 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
 3. difficulty labels: k-fold held-out predictions of the small tier on the training split;
 4. the small tier with DAO and without (the ablation);
 5. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
+   single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 6. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
    per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
    measured speed-up (wall clock, each point timed interleaved with the 6-layer tier alone)
    on test.
-Writes ``sweep.json`` (a list of points) and ``sweep.png`` (accuracy against speed-up, and a
+Every step runs once per training seed (``--seeds``; the split stays fixed). Writes
+``sweep.json`` (a list of points, each with its seed), ``sweep_seed<s>.json``,
+``aggregate.json`` (mean and std per method and target; the goals of issue 14 per seed and over
+seeds), ``table.txt``, ``meta.json`` and ``sweep.png`` (accuracy against speed-up, and a
 reliability diagram) into ``--out``.
 """
 from __future__ import annotations
@@ -65,7 +69,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folds for the difficulty labels (each fold model trains on the other folds)")
     p.add_argument("--margin", type=float, default=0.5)
     p.add_argument("--lam", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds: each trains and evaluates every model once; the split stays fixed "
+                        "(--split-seed); the table and aggregate.json give mean and std over seeds")
+    p.add_argument("--seed", type=int, default=None, help="one training seed (same as --seeds SEED)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/dev/test split")
+    p.add_argument("--singles", type=int, nargs="*", default=None,
+                   help="depths of the single-model baselines (k-layer models cut from the shipped MiniLM, "
+                        "trained alone with the small tiers' recipe; a depth equal to a small tier's reuses "
+                        "its no-DAO tier). Default: for each target t the depth nearest large-layers / t "
+                        "(2, 3 and 4 layers for the default targets); none with --singles alone")
     p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
     p.add_argument("--timing-runs", type=int, default=3,
                    help="timed passes over the test split per point, after one warm-up pass, interleaved "
@@ -77,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--large-layers", type=int, default=6, help="layers of the final tier")
     p.add_argument("--cache", default=None, help="where trained tiers are cached (default: <cache>/demo)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many rows per split (smoke runs)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train every model into the cache and stop (no evaluation, no outputs): e.g. to train "
+                        "several seeds or data sets in parallel, one thread each, then evaluate them in one run")
 
 
 def _step(msg: str) -> float:
@@ -84,24 +100,35 @@ def _step(msg: str) -> float:
     return time.perf_counter()
 
 
+def default_singles(large_layers: int, targets) -> list[int]:
+    """Depths of the single-model baselines by default: for each target speed-up ``t`` the
+    depth nearest ``large_layers / t`` (a k-layer model costs about k / large_layers of the
+    final tier), within 1 .. large_layers - 1."""
+    return sorted({min(max(int(round(large_layers / t)), 1), large_layers - 1) for t in targets})
+
+
 def run(args) -> int:
     import transformers
     from transformers import BertTokenizer
 
     from .data import load_dataset
-    from .early_exit import EarlyExitBert, layer_cls_features, train_exit_heads
+    from .evaluate import reliability_bins
     from .info import cpu_name, source_commit
-    from .evaluate import (dis, ece, f1_binary, reliability_bins, row_costs, run_batches, search_thresholds,
-                           simulate_exits, tier_row_costs, timed_speedup)
-    from .tier import Tier
-    from .train import TrainConfig, collate, difficulty_labels, encode, finetune, native_bf16, predict_probs
+    from .train import encode, native_bf16
 
     t_start = time.perf_counter()
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    torch.manual_seed(args.seed)
+    seeds = [args.seed] if args.seed is not None else list(args.seeds)
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds: each seed once, got {seeds}")
+    singles = (default_singles(args.large_layers, args.targets) if args.singles is None
+               else sorted(set(args.singles)))
+    bad = [k for k in singles if not 1 <= k < args.large_layers]
+    if bad:
+        raise SystemExit(f"--singles: depths must be in 1..{args.large_layers - 1} (below the final tier), got {bad}")
     src = shipped_minilm_dir()
-    splits = load_dataset(args.data, seed=args.seed)
+    splits = load_dataset(args.data, seed=args.split_seed)
     if args.limit:
         splits.train, splits.dev, splits.test = (x[: args.limit] for x in (splits.train, splits.dev, splits.test))
     print(splits.describe())
@@ -110,13 +137,70 @@ def run(args) -> int:
     print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16("cpu"))
     print(f"training in {'bfloat16 autocast' if bf16 else 'float32'} on {torch.get_num_threads()} CPU threads")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    points, reliab, seconds = [], None, {}
+    for seed in seeds:
+        t_seed = time.perf_counter()
+        _step(f"seed {seed}")
+        pts, rel = _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles)
+        seconds[seed] = time.perf_counter() - t_seed
+        if args.train_only:
+            print(f"seed {seed}: trained in {seconds[seed]:.0f} s")
+            continue
+        (out / f"sweep_seed{seed}.json").write_text(json.dumps(pts, indent=2) + "\n")
+        print(_table(pts))
+        print(_goals_text(goals(pts)))
+        points += pts
+        reliab = reliab or rel
+    if args.train_only:
+        return 0
+    agg = aggregate(points)
+    per_seed_goals = {s: goals([p for p in points if p["seed"] == s]) for s in seeds}
+    meta = {"data": splits.name, "small_layers": sorted(args.small_layers), "large_layers": args.large_layers,
+            "singles": singles, "max_len": args.max_len,
+            "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
+            "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
+            "seeds": seeds, "split_seed": args.split_seed, "threads": torch.get_num_threads(),
+            "train_rows": len(tr), "dev_rows": len(dv), "test_rows": len(te),
+            "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
+            "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None,
+            "seconds_per_seed": seconds,
+            "timing": {"runs": args.timing_runs, "warmup": 1, "order": "alternating (baseline model, model baseline, ...)",
+                       "speedup_measured": "median over passes of final-tier seconds / method seconds; "
+                                           "speedup_measured_min/max/all: the spread"}}
+    (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
+    summary = {"aggregate": agg, "goals_per_seed": per_seed_goals, "goals": _goals_over_seeds(per_seed_goals)}
+    (out / "aggregate.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(agg, reliab, out / "sweep.png", reliability_bins, args.large_layers)
+    text = _aggregate_table(agg, len(seeds)) + "\n\n" + _goals_text(summary["goals"], over_seeds=len(seeds) > 1)
+    (out / "table.txt").write_text(text + "\n")
+    print()
+    print(text)
+    meta["wall_seconds"] = time.perf_counter() - t_start
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"\nwrote {out / 'sweep.json'}, aggregate.json, table.txt and sweep.png ({meta['wall_seconds']:.0f} s in all)")
+    return 0
+
+
+def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
+    """Train (or load from the cache) every model of one training seed and evaluate them:
+    returns (sweep points, reliability data at the 2x target)."""
+    from .early_exit import EarlyExitBert, layer_cls_features, train_exit_heads
+    from .evaluate import (dis, ece, f1_binary, row_costs, run_batches, search_thresholds, simulate_exits,
+                           tier_row_costs, timed_speedup)
+    from .tier import Tier
+    from .train import TrainConfig, collate, difficulty_labels, finetune, predict_probs
+
+    torch.manual_seed(seed)
     root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (
-        f"{splits.name}_s{args.seed}_len{args.max_len}_e{args.epochs:g}_fw" + ("_bf16" if bf16 else "")
+        f"{splits.name}_s{seed}_len{args.max_len}_e{args.epochs:g}_fw" + ("_bf16" if bf16 else "")
+        + (f"_split{args.split_seed}" if args.split_seed else "")
         + (f"_limit{args.limit}" if args.limit else ""))
     root.mkdir(parents=True, exist_ok=True)
     C = splits.num_labels
     small_layers = sorted(args.small_layers)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=args.seed, margin=args.margin, lam=args.lam,
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=seed, margin=args.margin, lam=args.lam,
                       bf16=bf16)
     # small tiers also train their word embeddings: most of a 2-layer tier's parameters, and
     # worth about 1.5 points of its dev accuracy here (0.795 -> 0.810 after 2 epochs,
@@ -128,7 +212,7 @@ def run(args) -> int:
     def base(n):
         d = root / f"init_l{n}"
         if not (d / "model.safetensors").is_file():
-            make_classifier_checkpoint(src, d, num_labels=C, num_layers=n, seed=args.seed)
+            make_classifier_checkpoint(src, d, num_labels=C, num_layers=n, seed=seed)
         return d
 
     def trained(name, n, **kw):
@@ -154,21 +238,26 @@ def run(args) -> int:
     dao_tag = f"dao_k{args.folds}_m{args.margin:g}_lam{args.lam:g}"
     smalls_dao = [trained(f"small_l{n}_{stag}_{dao_tag}", n, easy=easy, over={"dao": True}) for n in small_layers]
     smalls_ce = [trained(f"small_l{n}_{stag}_ce", n) for n in small_layers]
+    # single-model baselines: k layers trained alone with the small tiers' recipe; the same
+    # name (so the same cache entry) as a no-DAO small tier of that depth, which is one
+    single_dirs = {k: trained(f"small_l{k}_{stag}_ce", k) for k in singles}
 
     ee_dir = root / f"early_exit_{large.name}"  # heads belong to this backbone
     if not (ee_dir / "exit_heads.safetensors").is_file():
-        t = _step("early-exit baseline: exit heads on the frozen 6-layer backbone")
+        t = _step(f"early-exit baseline: exit heads on the frozen {L}-layer backbone")
         backbone = Tier.from_pretrained(large)
-        heads = train_exit_heads(backbone, tr, seed=args.seed)
+        heads = train_exit_heads(backbone, tr, seed=seed)
         EarlyExitBert(backbone, heads).save_pretrained(ee_dir)
         print(f"  done in {time.perf_counter() - t:.0f} s")
     early = EarlyExitBert.from_pretrained(ee_dir)
+    if args.train_only:
+        return [], None
 
     # ---- evaluation -------------------------------------------------------------------------
     _step("evaluating on dev (threshold search) and test")
     labels_dv, labels_te = np.array(dv.labels), np.array(te.labels)
     easy_te = np.array(diff["extra"]["test"]["easy"])
-    tiers = {d: Tier.from_pretrained(d) for d in [*smalls_dao, *smalls_ce, large]}
+    tiers = {d: Tier.from_pretrained(d) for d in {*smalls_dao, *smalls_ce, *single_dirs.values(), large}}
     probs = {d: (predict_probs(t, dv), predict_probs(t, te)) for d, t in tiers.items()}
     cfgs = {d: tiers[d].config for d in tiers}
     feats = {name: layer_cls_features(early.backbone, s) for name, s in (("dev", dv), ("test", te))}
@@ -192,6 +281,7 @@ def run(args) -> int:
         "ece": ece(full_conf, full_correct), "dis": dis(full_conf, easy_te),
         "speedup_analytic": 1.0, "speedup_measured": 1.0, "rows_per_tier": [len(te)],
         "f1": f1_binary(o_full["logits"].argmax(-1).numpy(), labels_te) if C == 2 else None,
+        "layers": L, "seed": seed,
     }]
     print(f"{L}-layer tier alone: test accuracy {full_acc_te:.4f}")
     reliab = {"full": (full_conf, full_correct)}
@@ -208,7 +298,7 @@ def run(args) -> int:
             c = early.backbone.config
             sp_an = (sum(flops.tier_flops(c, [n]) for n in te.lengths)
                      / flops.early_exit_flops(c, te.lengths, exit_t.tolist()))
-        else:
+        else:  # a single model: its cost against the final tier's, as a cascade where every row exits first
             sp_an = flops.analytic_speedup(stage_cfgs, te.lengths, exit_t.tolist())
         pt = {
             "method": method, "thresholds": [float(t) for t in ths], "accuracy": float((pred == labels_te).mean()),
@@ -217,7 +307,7 @@ def run(args) -> int:
             "speedup_measured_min": timed["speedup_min"], "speedup_measured_max": timed["speedup_max"],
             "speedup_measured_all": timed["speedup_all"], "rows_per_tier": o["rows"].tolist(),
             "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": target,
-            "seconds": timed["seconds"], "seconds_full": timed["seconds_baseline"],
+            "seconds": timed["seconds"], "seconds_full": timed["seconds_baseline"], "seed": seed,
         }
         points.append(pt)
         if target == 2.0:
@@ -245,35 +335,195 @@ def run(args) -> int:
         early.threshold = ths
         measure("early_exit", early, None, ths, target, ee_probs["test"][0].amax(-1).numpy())
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"data": splits.name, "small_layers": small_layers, "large_layers": L, "max_len": args.max_len,
-            "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
-            "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
-            "seed": args.seed, "threads": torch.get_num_threads(), "test_rows": len(te),
-            "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
-            "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None,
-            "timing": {"runs": args.timing_runs, "warmup": 1, "order": "alternating (baseline model, model baseline, ...)",
-                       "speedup_measured": "median over passes of final-tier seconds / method seconds; "
-                                           "speedup_measured_min/max/all: the spread"}}
-    (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
-    _plot(points, reliab, out / "sweep.png", reliability_bins)
-    print()
-    print(f"{'method':<15} {'target':>6} {'thresholds':<18} {'acc':>6} {'drop':>6} {'ECE':>6} {'DIS':>6} "
-          f"{'sp_an':>6} {'sp_meas':>7} {'(min-max)':>11}  rows per tier")
+    for k, d in single_dirs.items():
+        # a k-layer model alone: a one-tier cascade, timed like every other point
+        pt, _ = measure("single", CascadeBert([tiers[d]], []).eval(), [cfgs[d], cfgs[large]], [], None,
+                        probs[d][1].amax(-1).numpy())
+        pt["layers"] = k
+    return points, reliab
+
+
+CASCADES = ("cascade", "cascade_no_dao")
+
+
+def _label(p: dict) -> str:
+    if p["method"] == "single":
+        return f"{p['layers']} layers"
+    return "-" if p.get("target_speedup") is None else f"{p['target_speedup']:.1f}x"
+
+
+def _table(points: list[dict]) -> str:
+    """One seed's sweep: a line per point."""
+    full = next(p["accuracy"] for p in points if p["method"] == "full")
+    lines = [f"{'method':<15} {'target':>9} {'thresholds':<18} {'acc':>6} {'drop':>6} {'ECE':>6} {'DIS':>6} "
+             f"{'sp_an':>6} {'sp_meas':>7} {'(min-max)':>11}  rows per tier"]
     for p in points:
         ths = ",".join(f"{t:.3f}" for t in p["thresholds"]) or "-"
         d = "-" if p["dis"] is None else f"{p['dis']:.3f}"
-        print(f"{p['method']:<15} {p.get('target_speedup', 1.0):>6.1f} {ths:<18} {p['accuracy']:>6.3f} "
-              f"{(full_acc_te - p['accuracy']) * 100:>5.1f}p {p['ece']:>6.3f} {d:>6} "
-              f"{p['speedup_analytic']:>6.2f} {p['speedup_measured']:>7.2f} {_spread(p):>11}  {p['rows_per_tier']}")
-    meta["wall_seconds"] = time.perf_counter() - t_start
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"\nwrote {out / 'sweep.json'} and {out / 'sweep.png'} ({meta['wall_seconds']:.0f} s in all)")
-    return 0
+        lines.append(f"{p['method']:<15} {_label(p):>9} {ths:<18} {p['accuracy']:>6.3f} "
+                     f"{(full - p['accuracy']) * 100:>5.1f}p {p['ece']:>6.3f} {d:>6} "
+                     f"{p['speedup_analytic']:>6.2f} {p['speedup_measured']:>7.2f} {_spread(p):>11}  "
+                     f"{p['rows_per_tier']}")
+    return "\n".join(lines)
 
 
-def _plot(points, reliab, path, reliability_bins) -> None:
+def _ee_accuracy_at(ee: list[dict], speedup: float) -> float | None:
+    """Early exit's test accuracy at a measured speed-up, linearly interpolated between its two
+    sweep points around it (None outside the measured range: no extrapolation)."""
+    pts = sorted((p["speedup_measured"], p["accuracy"]) for p in ee)
+    if not pts or not pts[0][0] <= speedup <= pts[-1][0]:
+        return None
+    xs, ys = zip(*pts)
+    return float(np.interp(speedup, xs, ys))
+
+
+def goals(points: list[dict]) -> dict:
+    """The issue's goals on one seed's sweep, per cascade method (accuracies in points, i.e. %):
+
+    - ``at_2x``: the most accurate point with measured speed-up >= 2; ``drop_vs_full`` (goal:
+      <= 1) and ``above_early_exit`` (goal: >= 3), early exit's accuracy interpolated at the
+      same measured speed-up (None where early exit's points do not span it);
+    - ``vs_single``: for each point with measured speed-up in [1.5, 2.5], its accuracy minus
+      that of the best single model at least as fast (measured); ``worst`` (goal: >= 1) is the
+      smallest such margin (points with no single model at least as fast are not compared).
+    """
+    full = next(p["accuracy"] for p in points if p["method"] == "full")
+    ee = [p for p in points if p["method"] == "early_exit"]
+    singles = [p for p in points if p["method"] == "single"]
+    out = {"full_accuracy": 100 * full}
+    for m in CASCADES:
+        pts = [p for p in points if p["method"] == m]
+        if not pts:
+            continue
+        g = {}
+        fast = [p for p in pts if p["speedup_measured"] >= 2.0]
+        if fast:
+            p = max(fast, key=lambda q: (q["accuracy"], q["speedup_measured"]))
+            ee_acc = _ee_accuracy_at(ee, p["speedup_measured"])
+            g["at_2x"] = {"target": p["target_speedup"], "speedup_measured": p["speedup_measured"],
+                          "accuracy": 100 * p["accuracy"], "drop_vs_full": 100 * (full - p["accuracy"]),
+                          "early_exit_accuracy": None if ee_acc is None else 100 * ee_acc,
+                          "above_early_exit": None if ee_acc is None else 100 * (p["accuracy"] - ee_acc)}
+        else:
+            g["at_2x"] = None
+        margins = []
+        for p in pts:
+            if not 1.5 <= p["speedup_measured"] <= 2.5:
+                continue
+            rivals = [q for q in singles if q["speedup_measured"] >= p["speedup_measured"]]
+            if rivals:
+                q = max(rivals, key=lambda r: r["accuracy"])
+                margins.append({"target": p["target_speedup"], "speedup_measured": p["speedup_measured"],
+                                "single_layers": q["layers"], "single_speedup_measured": q["speedup_measured"],
+                                "margin": 100 * (p["accuracy"] - q["accuracy"])})
+        g["vs_single"] = {"points": margins, "worst": min((x["margin"] for x in margins), default=None),
+                          "best": max((x["margin"] for x in margins), default=None)}
+        out[m] = g
+    return out
+
+
+def _stats(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, 0
+    return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0), len(xs)
+
+
+def _goals_over_seeds(per_seed: dict) -> dict:
+    """Mean, std and count over seeds of each goal's figure."""
+    res = {}
+    for m in CASCADES:
+        gs = [g[m] for g in per_seed.values() if m in g]
+        if not gs:
+            continue
+        r = {}
+        for key, get in (("drop_vs_full", lambda g: g["at_2x"] and g["at_2x"]["drop_vs_full"]),
+                         ("above_early_exit", lambda g: g["at_2x"] and g["at_2x"]["above_early_exit"]),
+                         ("speedup_measured_at_2x", lambda g: g["at_2x"] and g["at_2x"]["speedup_measured"]),
+                         ("worst_margin_vs_single", lambda g: g["vs_single"]["worst"]),
+                         ("best_margin_vs_single", lambda g: g["vs_single"]["best"])):
+            mean, std, n = _stats([get(g) for g in gs])
+            r[key] = {"mean": mean, "std": std, "seeds": n}
+        r["met"] = {
+            "within_1pt_of_full_at_2x": _met(r["drop_vs_full"], lambda v: v <= 1.0),
+            "3pt_above_early_exit": _met(r["above_early_exit"], lambda v: v >= 3.0),
+            "1pt_above_single_1.5x-2.5x": _met(r["worst_margin_vs_single"], lambda v: v >= 1.0),
+        }
+        res[m] = r
+    return res
+
+
+def _met(stat, ok):
+    return None if stat["mean"] is None else bool(ok(stat["mean"]))
+
+
+def _goals_text(g: dict, over_seeds: bool = False) -> str:
+    if "full_accuracy" in g:  # one seed
+        g = _goals_over_seeds({0: g})
+    n = max((st["seeds"] for r in g.values() for st in r.values() if "seeds" in st), default=0)
+    lines = ["goals" + (" (mean +- std over seeds)" if over_seeds else "") + ":"]
+    names = {"cascade": "cascade (DAO)", "cascade_no_dao": "cascade (no DAO)"}
+
+    def f(st, unit="pt"):
+        if st["mean"] is None:
+            return "n/a"
+        txt = f"{st['mean']:.2f}{unit}" + (f" +- {st['std']:.2f}" if over_seeds else "")
+        return txt + (f" ({st['seeds']} of {n} seeds)" if over_seeds and st["seeds"] != n else "")
+
+    for m, r in g.items():
+        met = {k: ("n/a" if v is None else "met" if v else "MISSED") for k, v in r["met"].items()}
+        lines.append(f"  {names[m]}: at >=2x measured ({f(r['speedup_measured_at_2x'], 'x')}): "
+                     f"drop vs final tier {f(r['drop_vs_full'])} [<=1: {met['within_1pt_of_full_at_2x']}], "
+                     f"above early exit {f(r['above_early_exit'])} [>=3: {met['3pt_above_early_exit']}]; "
+                     f"1.5-2.5x vs best single at least as fast: worst {f(r['worst_margin_vs_single'])}, "
+                     f"best {f(r['best_margin_vs_single'])} [worst >=1: {met['1pt_above_single_1.5x-2.5x']}]")
+    return "\n".join(lines)
+
+
+def aggregate(points: list[dict]) -> list[dict]:
+    """Mean and std (over seeds) of each sweep point's figures, keyed by method and target
+    (or depth, for single models); ``drop`` is against the final tier of the same seed."""
+    full = {p["seed"]: p["accuracy"] for p in points if p["method"] == "full"}
+    groups: dict = {}
+    for p in points:
+        key = (p["method"], p.get("target_speedup"), p.get("layers") if p["method"] == "single" else None)
+        groups.setdefault(key, []).append(p)
+    order = {"full": 0, "cascade": 1, "cascade_no_dao": 2, "early_exit": 3, "single": 4}
+    rows = []
+    for (m, target, layers), ps in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1] or 0,
+                                                                         kv[0][2] or 0)):
+        row = {"method": m, "target_speedup": target, "layers": layers, "seeds": [p["seed"] for p in ps]}
+        for k, get in (("accuracy", lambda p: p["accuracy"]), ("drop", lambda p: full[p["seed"]] - p["accuracy"]),
+                       ("speedup_measured", lambda p: p["speedup_measured"]),
+                       ("speedup_analytic", lambda p: p["speedup_analytic"]),
+                       ("ece", lambda p: p["ece"]), ("dis", lambda p: p["dis"])):
+            mean, std, _ = _stats([get(p) for p in ps])
+            row[k + "_mean"], row[k + "_std"] = mean, std
+        rows.append(row)
+    return rows
+
+
+def _aggregate_table(agg: list[dict], n_seeds: int) -> str:
+    pm = n_seeds > 1
+
+    def f(r, k, scale=1.0, fmt=".3f"):
+        m, s = r[k + "_mean"], r[k + "_std"]
+        if m is None:
+            return "-"
+        return f"{m * scale:{fmt}}" + (f"+-{s * scale:{fmt}}" if pm else "")
+
+    lines = [f"{'method':<15} {'target':>9} {'acc (%)':>12} {'drop (pt)':>11} {'sp_meas':>11} {'sp_an':>11} "
+             f"{'ECE':>13} {'DIS':>13}" + (f"   (mean+-std over {n_seeds} seeds)" if pm else "")]
+    for r in agg:
+        lab = f"{r['layers']} layers" if r["method"] == "single" else (
+            "-" if r["target_speedup"] is None else f"{r['target_speedup']:.1f}x")
+        lines.append(f"{r['method']:<15} {lab:>9} {f(r, 'accuracy', 100, '.1f'):>12} {f(r, 'drop', 100, '.1f'):>11} "
+                     f"{f(r, 'speedup_measured', 1, '.2f'):>11} {f(r, 'speedup_analytic', 1, '.2f'):>11} "
+                     f"{f(r, 'ece'):>13} {f(r, 'dis'):>13}")
+    return "\n".join(lines)
+
+
+def _plot(agg, reliab, path, reliability_bins, large_layers: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,27 +531,35 @@ def _plot(points, reliab, path, reliability_bins) -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"cascade": ("C0", "o", "cascade (DAO)"), "cascade_no_dao": ("C1", "s", "cascade (no DAO)"),
-              "early_exit": ("C2", "^", "early exit (DeeBERT-style)"), "full": ("k", "*", "6-layer alone")}
+              "early_exit": ("C2", "^", "early exit (DeeBERT-style)"),
+              "single": ("C3", "D", "single smaller model"), "full": ("k", "*", f"{large_layers}-layer alone")}
     for m, (col, mk, lab) in styles.items():
-        pts = sorted((p for p in points if p["method"] == m), key=lambda p: p["speedup_measured"])
+        pts = sorted((r for r in agg if r["method"] == m), key=lambda r: r["speedup_measured_mean"])
         if not pts:
             continue
-        ax.plot([p["speedup_measured"] for p in pts], [100 * p["accuracy"] for p in pts], marker=mk,
-                color=col, label=lab)
-        ax.plot([p["speedup_analytic"] for p in pts], [100 * p["accuracy"] for p in pts], marker=mk,
-                color=col, ls=":", alpha=0.5, mfc="none")
-    ax.set_xlabel("speed-up over the 6-layer tier (solid: measured, dotted: analytic)")
-    ax.set_ylabel("test accuracy (%)")
+        xs = [r["speedup_measured_mean"] for r in pts]
+        ys = [100 * r["accuracy_mean"] for r in pts]
+        ax.errorbar(xs, ys, xerr=[r["speedup_measured_std"] for r in pts],
+                    yerr=[100 * r["accuracy_std"] for r in pts], marker=mk, color=col, label=lab,
+                    ls="none" if m == "single" else "-", capsize=2)
+        if m == "single":
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(f"{r['layers']}L", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.plot([r["speedup_analytic_mean"] for r in pts], ys, marker=mk, color=col, ls=":", alpha=0.5, mfc="none")
+    n = max(len(r["seeds"]) for r in agg)
+    ax.set_xlabel(f"speed-up over the {large_layers}-layer tier (solid: measured, dotted: analytic)")
+    ax.set_ylabel("test accuracy (%)" + (f", mean +- std over {n} seeds" if n > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax2.plot([0, 1], [0, 1], "k--", lw=1)
-    for m, (conf, corr) in reliab.items():
+    for m, (conf, corr) in (reliab or {}).items():
         centres, acc, _ = reliability_bins(conf, corr)
         ax2.plot(centres, acc, marker=styles[m][1], color=styles[m][0], label=styles[m][2])
     ax2.set_xlabel("confidence")
     ax2.set_ylabel("accuracy")
-    ax2.set_title("reliability (points at 2x target)", fontsize=9)
-    ax2.legend(fontsize=8)
+    ax2.set_title("reliability (first seed, points at 2x target)", fontsize=9)
+    if reliab:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,18 +1,31 @@
-"""The main job end to end on a few rows (real data, real weights, tiny training)."""
+"""The main job end to end on a few rows (real data, real weights, tiny training), and its
+summaries (aggregate over seeds, the issue's goals) on sweeps built by hand."""
 import json
 import subprocess
 import sys
 
+import pytest
+
+from cascade_rt.demo import aggregate, default_singles, goals
+
 
 def test_demo_runs_end_to_end(tmp_path):
-    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2",
-           "--folds", "2", "--targets", "2", "--quiet", "--out", str(tmp_path / "out"),
-           "--cache", str(tmp_path / "cache")]
+    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2", "--small-layers", "1",
+           "--folds", "2", "--targets", "2", "--seeds", "0", "1", "--quiet", "--out", str(tmp_path / "out"),
+           "--cache", str(tmp_path / "cache"), "--epochs", "0.5", "--small-epochs", "0.5"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     points = json.loads((tmp_path / "out" / "sweep.json").read_text())
-    assert {p["method"] for p in points} == {"full", "cascade", "cascade_no_dao", "early_exit"}
-    keys = {"method", "thresholds", "accuracy", "ece", "dis", "speedup_analytic", "speedup_measured", "rows_per_tier"}
+    assert {p["method"] for p in points} == {"full", "cascade", "cascade_no_dao", "early_exit", "single"}
+    keys = {"method", "thresholds", "accuracy", "ece", "dis", "speedup_analytic", "speedup_measured", "rows_per_tier",
+            "seed"}
+    for seed in (0, 1):
+        mine = [p for p in points if p["seed"] == seed]
+        assert json.loads((tmp_path / "out" / f"sweep_seed{seed}.json").read_text()) == mine
+        # default singles for a 2-layer final tier and a 2x target: the 1-layer model, which
+        # is the no-DAO small tier (same recipe), reused rather than trained again
+        assert [p["layers"] for p in mine if p["method"] == "single"] == [1]
+        assert len(mine) == 5
     for p in points:
         assert keys <= set(p)
         assert 0 <= p["accuracy"] <= 1 and p["speedup_measured"] > 0
@@ -20,5 +33,58 @@ def test_demo_runs_end_to_end(tmp_path):
         if p["method"] != "full":  # median of 3 warm, alternating passes, with the spread
             assert len(p["speedup_measured_all"]) == 3
             assert p["speedup_measured_min"] <= p["speedup_measured"] <= p["speedup_measured_max"]
+    summary = json.loads((tmp_path / "out" / "aggregate.json").read_text())
+    assert {r["method"] for r in summary["aggregate"]} == {p["method"] for p in points}
+    assert all(r["seeds"] == [0, 1] for r in summary["aggregate"])
+    assert set(summary["goals_per_seed"]) == {"0", "1"}
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 1000
-    assert "rows per tier" in res.stdout
+    assert "rows per tier" in res.stdout and "mean+-std over 2 seeds" in res.stdout
+    # per seed: the 1-layer tier with DAO and without, and nothing else of 1 layer (the single reuses it)
+    assert res.stdout.count("(1 layer, 32 rows)") == 4
+
+
+def _pt(method, acc, sp, seed=0, target=None, layers=None):
+    return {"method": method, "accuracy": acc, "speedup_measured": sp, "speedup_analytic": sp, "ece": 0.1,
+            "dis": None, "seed": seed, "target_speedup": target, "layers": layers, "thresholds": [],
+            "rows_per_tier": [1]}
+
+
+def test_default_singles_bracket_targets():
+    assert default_singles(6, [1.5, 2.0, 2.2, 2.5, 3.0]) == [2, 3, 4]
+    assert default_singles(2, [2.0]) == [1]
+    assert default_singles(6, [10.0, 1.01]) == [1, 5]
+
+
+def test_aggregate_mean_std_per_method_and_target():
+    pts = [_pt("full", 0.90, 1.0, 0), _pt("full", 0.80, 1.0, 1),
+           _pt("cascade", 0.88, 2.1, 0, 2.0), _pt("cascade", 0.76, 1.9, 1, 2.0),
+           _pt("single", 0.70, 2.9, 0, layers=2), _pt("single", 0.74, 3.1, 1, layers=2),
+           _pt("single", 0.75, 2.0, 0, layers=3)]
+    rows = {(r["method"], r["target_speedup"], r["layers"]): r for r in aggregate(pts)}
+    assert len(rows) == 4
+    c = rows[("cascade", 2.0, None)]
+    assert c["accuracy_mean"] == pytest.approx(0.82) and c["accuracy_std"] == pytest.approx(0.0848528, rel=1e-5)
+    assert c["drop_mean"] == pytest.approx(0.03) and c["drop_std"] == pytest.approx(0.0141421, rel=1e-5)
+    assert c["speedup_measured_mean"] == pytest.approx(2.0) and c["seeds"] == [0, 1]
+    assert rows[("single", None, 2)]["accuracy_mean"] == pytest.approx(0.72)
+    assert rows[("single", None, 3)]["seeds"] == [0] and rows[("single", None, 3)]["accuracy_std"] == 0.0
+
+
+def test_goals_compare_at_measured_speedups():
+    pts = [_pt("full", 0.90, 1.0),
+           _pt("cascade", 0.895, 1.6, target=1.5), _pt("cascade", 0.885, 2.05, target=2.0),
+           _pt("cascade", 0.87, 2.6, target=2.5), _pt("cascade", 0.89, 1.95, target=1.8),
+           _pt("early_exit", 0.80, 1.5), _pt("early_exit", 0.84, 2.5),  # 0.82 at 2.0, 0.822 at 2.05
+           _pt("single", 0.88, 1.7, layers=4), _pt("single", 0.85, 2.1, layers=3), _pt("single", 0.80, 3.0, layers=2)]
+    g = goals(pts)["cascade"]
+    assert g["at_2x"]["target"] == 2.0  # the most accurate point measured at >= 2x (not 2.6x, not 1.95x)
+    assert g["at_2x"]["drop_vs_full"] == pytest.approx(1.5)
+    assert g["at_2x"]["early_exit_accuracy"] == pytest.approx(82.2)
+    assert g["at_2x"]["above_early_exit"] == pytest.approx(6.3)
+    # 1.6x: best single at least as fast is the 4-layer (0.88) -> +1.5; 1.95x and 2.05x: the
+    # 3-layer (0.85) -> +4.0 and +3.5; 2.6x is outside 1.5-2.5x
+    assert sorted(round(x["margin"], 6) for x in g["vs_single"]["points"]) == [1.5, 3.5, 4.0]
+    assert g["vs_single"]["worst"] == pytest.approx(1.5)
+    assert "cascade_no_dao" not in goals(pts)
+    # early exit's points do not span the speed-up: no comparison rather than an extrapolated one
+    assert goals([p for p in pts if p["speedup_measured"] != 2.5])["cascade"]["at_2x"]["above_early_exit"] is None

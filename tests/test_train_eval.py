@@ -28,6 +28,12 @@ def test_dao_loss_by_hand():
     # no hard row: the ranking term vanishes
     _, _, r = dao_loss(logits, labels, torch.ones(4, dtype=torch.bool))
     assert r.item() == 0.0
+    # every (easy, hard) pair: easy rows 0 and 2 against hard rows 1 and 3
+    _, _, r = dao_loss(logits, labels, easy, margin=0.1, pairs="all")  # some pairs past the margin
+    assert r.item() == pytest.approx(np.mean([max(0.0, 0.1 - (conf[e] - conf[h])) for e in (0, 2) for h in hard]),
+                                     rel=1e-6)
+    with pytest.raises(ValueError, match="pairs"):
+        dao_loss(logits, labels, easy, pairs="some")
 
 
 def test_ece_by_hand():
@@ -206,3 +212,36 @@ def test_early_exit_runtime_matches_simulation(tier_dirs, tokenizer, sentences):
     assert out.exit_tier.tolist() == stage.tolist()
     assert 0 < int((out.exit_tier == 0).sum()) < len(sentences)
     np.testing.assert_allclose(out.confidence.numpy(), conf, atol=1e-5)
+
+
+def _overconfident_early_stages(seed=78, N=80, S=6):
+    """Six stages whose confidences and accuracies vary per stage, some early stages
+    confident but often wrong (as early-exit heads on a small data set can be)."""
+    g = np.random.default_rng(seed)
+    labels = g.integers(0, 2, N)
+    probs = []
+    for s in range(S):
+        acc = g.uniform(0.5, 1.0) if s < S - 1 else 0.95
+        right = g.random(N) < acc
+        conf = g.uniform(0.5, 0.95) + g.uniform(0.0, 0.3) * g.random(N) + g.uniform(0, 0.3) * right * g.random(N)
+        conf = np.clip(conf, 0.5, 0.999)
+        p1 = np.where((labels == 1) == right, conf, 1 - conf)
+        probs.append(torch.tensor(np.stack([1 - p1, p1], -1), dtype=torch.float32))
+    return probs, labels, row_costs([[1.0] * N] * S), float(S * N)
+
+
+@pytest.mark.parametrize("target", [2.2, 2.5, 3.0])
+def test_search_many_stages_not_degenerate(target):
+    """The local search (too many combinations to try them all) must not end where every row
+    leaves at the first stage when far better points reach the target: on this set a search
+    started only from the best shared threshold returned that degenerate point (82.5% at 6x
+    for every target here) while the exhaustive optimum is 90-96% at 2.5-3x."""
+    probs, labels, cum, full = _overconfident_early_stages()
+    exact = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5)
+    local = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5, max_combos=1)
+    stage, pred, _ = simulate_exits(probs, local[0])
+    assert local[2] >= target and exact[2] >= target
+    assert local[1] == pytest.approx(float((pred == labels).mean()))
+    assert not (stage == 0).all()
+    assert local[1] == pytest.approx(exact[1])
+    assert exact[1] >= 0.9

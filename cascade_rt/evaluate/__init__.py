@@ -100,15 +100,21 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
     """Choose one threshold per non-final stage on a dev set.
 
     With ``target_speedup``: the most accurate thresholds whose analytic speed-up is at least
-    the target (if none reaches it, the fastest). With ``max_drop``: the fastest thresholds
-    whose accuracy is at least ``full_accuracy - max_drop``. ``cum_cost``: (S, N) from
-    :func:`row_costs`; ``full_cost``: the last stage alone on all rows.
+    the target (if none reaches it, the fastest); among equally accurate ones, the fastest.
+    With ``max_drop``: the fastest thresholds whose accuracy is at least
+    ``full_accuracy - max_drop``. ``cum_cost``: (S, N) from :func:`row_costs`; ``full_cost``:
+    the last stage alone on all rows.
 
     Each stage's candidates are ``grid`` quantiles of its confidences plus "never exit". When
-    the grid has at most ``max_combos`` combinations every one is tried; otherwise (many
-    stages, e.g. early exit after every layer) the search starts from the best threshold
-    shared by all stages and then changes one or two stages' thresholds at a time while that
-    improves the result, so it is never worse on the search set than a shared threshold.
+    the grid has at most ``max_combos`` combinations every one is tried. Otherwise (many
+    stages, e.g. early exit after every layer) a local search runs from several starts: the
+    best threshold shared by all stages, and the points that maximise accuracy minus a price
+    times cost for a range of prices (each found by changing one stage at a time from "no
+    stage exits", so they trace the accuracy / cost front from the accurate end instead of
+    from the fast, degenerate end where every row leaves at the first stage). From each
+    start, one or two stages' thresholds change at a time while that improves the result.
+    The answer is never worse on the search set than a shared threshold, nor than any of
+    those front points that meets the target.
     Returns (thresholds, accuracy, analytic speed-up) on the search set.
     """
     if (target_speedup is None) == (max_drop is None):
@@ -129,20 +135,27 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
     cands = [np.concatenate([np.unique(np.quantile(conf[s], np.linspace(0, 1, grid))), [never]])
              for s in range(S - 1)]
 
-    def score(ts):
+    def exits(ts):
         stage = np.full(N, S - 1)
         open_ = np.ones(N, dtype=bool)
         for s, t in enumerate(ts):
             go = open_ & (conf[s] >= t)
             stage[go] = s
             open_ &= ~go
-        acc = float(correct[stage, ar].mean())
-        sp = float(full_cost / cum_cost[stage, ar].sum())
+        return stage
+
+    def key_of(acc, sp):
         if target_speedup is not None:
             ok = sp >= target_speedup
-            return (ok, acc if ok else sp), acc, sp
+            return (ok, acc, sp) if ok else (ok, sp, acc)
         ok = acc >= full_accuracy - max_drop - 1e-12
-        return (ok, sp if ok else acc), acc, sp
+        return (ok, sp, acc) if ok else (ok, acc, sp)
+
+    def score(ts):
+        stage = exits(ts)
+        acc = float(correct[stage, ar].mean())
+        sp = float(full_cost / cum_cost[stage, ar].sum())
+        return key_of(acc, sp), acc, sp
 
     best = None
 
@@ -159,29 +172,94 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
     if np.prod([float(len(c)) for c in cands]) <= max_combos:
         for ts in itertools.product(*cands):
             consider(ts)
-    else:
-        shared = np.unique(np.concatenate(cands))
-        for t in shared:
-            consider([t] * (S - 1))
-        # single-stage moves until they stall, then moves of two stages at once (trading
-        # one stage's exits for another's keeps the speed-up while the accuracy changes)
+        ths = [min(float(t), 1.0) for t in best[1]]
+        return ths, best[2], best[3]
+
+    def sweep(ts, s):
+        """Every candidate of stage ``s`` with the other stages fixed, at once: (correct
+        count, summed cost) per candidate."""
+        stage = exits(ts)
+        before = stage < s
+        ts_after = list(ts)
+        ts_after[s] = never
+        cont = exits(ts_after)  # where a row goes when stage s lets it pass
+        base_c = correct[stage, ar][before].sum()
+        base_cost = cum_cost[stage, ar][before].sum()
+        op = ~before
+        c_here, k_here = correct[s][op], cum_cost[s][op]
+        c_cont, k_cont = correct[cont, ar][op], cum_cost[cont, ar][op]
+        go = conf[s][op][None, :] >= cands[s][:, None]  # (candidates, open rows)
+        n_correct = base_c + np.where(go, c_here, c_cont).sum(1)
+        cost = base_cost + np.where(go, k_here, k_cont).sum(1)
+        return n_correct, cost
+
+    def local_search(ts):
+        """Single-stage moves (all candidates of a stage at once) until they stall, then
+        moves of two stages at once; repeat while anything improves."""
+        nonlocal best
+        start = best
+        best = None
+        consider(ts)
         for _ in range(50):
-            changed = False
-            for s in range(S - 1):
-                for t in cands[s]:
-                    ts = list(best[1])
-                    ts[s] = t
-                    changed |= consider(ts)
-            if changed:
-                continue
+            changed = True
+            while changed:
+                changed = False
+                for s in range(S - 1):
+                    n_correct, cost = sweep(best[1], s)
+                    keys = [key_of(c / N, full_cost / k) for c, k in zip(n_correct, cost)]
+                    i = max(range(len(keys)), key=keys.__getitem__)
+                    if keys[i] > best[0]:
+                        ts = list(best[1])
+                        ts[s] = cands[s][i]
+                        changed |= consider(ts)
+            # trading one stage's exits for another's keeps the speed-up while the accuracy changes
+            pair_changed = False
             for s1, s2 in itertools.combinations(range(S - 1), 2):
                 for t1 in cands[s1]:
-                    for t2 in cands[s2]:
-                        ts = list(best[1])
-                        ts[s1], ts[s2] = t1, t2
-                        changed |= consider(ts)
-            if not changed:
+                    ts = list(best[1])
+                    ts[s1] = t1
+                    n_correct, cost = sweep(ts, s2)
+                    keys = [key_of(c / N, full_cost / k) for c, k in zip(n_correct, cost)]
+                    i = max(range(len(keys)), key=keys.__getitem__)
+                    if keys[i] > best[0]:
+                        ts[s2] = cands[s2][i]
+                        pair_changed |= consider(ts)
+            if not pair_changed:
                 break
+        found, best = best, start
+        if best is None or found[0] > best[0]:
+            best = found
+
+    def front_point(price):
+        """Thresholds that maximise accuracy - price * (cost / full cost), by one stage at a
+        time from "no stage exits"."""
+        ts = [never] * (S - 1)
+        val = None
+        for _ in range(20):
+            moved = False
+            for s in range(S - 1):
+                n_correct, cost = sweep(ts, s)
+                obj = n_correct / N - price * cost / full_cost
+                i = int(np.argmax(obj))
+                if val is None or obj[i] > val + 1e-12:
+                    val, ts[s], moved = obj[i], cands[s][i], True
+            if not moved:
+                break
+        return ts
+
+    starts = []
+    shared = np.unique(np.concatenate(cands))
+    best = None
+    for t in shared:
+        consider([t] * (S - 1))
+    starts.append(best[1])
+    for price in np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 40)]):
+        ts = front_point(price)
+        if ts not in starts:
+            starts.append(ts)
+    best = None
+    for ts in starts:
+        local_search(ts)
     ths = [min(float(t), 1.0) for t in best[1]]
     return ths, best[2], best[3]
 

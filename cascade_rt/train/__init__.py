@@ -86,13 +86,14 @@ def dao_loss(
     margin: float = 0.5,
     lam: float = 0.5,
     generator: torch.Generator | None = None,
+    pairs: str = "sampled",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cross-entropy plus ``lam`` times a margin ranking loss on max-softmax confidence.
 
-    Each easy row of the batch is paired with a hard row drawn uniformly (with replacement)
-    from the batch's hard rows; the ranking term is
-    ``mean(max(0, margin - (conf_easy - conf_hard)))`` over those pairs (0 when the batch has
-    no easy or no hard row).
+    ``pairs="sampled"``: each easy row of the batch is paired with a hard row drawn uniformly
+    (with replacement) from the batch's hard rows; ``pairs="all"``: every (easy, hard) pair of
+    the batch. The ranking term is ``mean(max(0, margin - (conf_easy - conf_hard)))`` over
+    those pairs (0 when the batch has no easy or no hard row).
 
     Args:
         logits: (B, C) float.  labels: (B,) int64.  easy: (B,) bool.
@@ -105,9 +106,13 @@ def dao_loss(
     hard_idx = torch.nonzero(~easy, as_tuple=True)[0]
     if len(easy_idx) == 0 or len(hard_idx) == 0:
         rank = logits.new_zeros(())
-    else:
+    elif pairs == "all":
+        rank = F.relu(margin - (conf[easy_idx][:, None] - conf[hard_idx][None, :])).mean()
+    elif pairs == "sampled":
         pick = torch.randint(len(hard_idx), (len(easy_idx),), generator=generator)
         rank = F.relu(margin - (conf[easy_idx] - conf[hard_idx[pick]])).mean()
+    else:
+        raise ValueError(f"pairs must be 'sampled' or 'all', got {pairs!r}")
     return ce + lam * rank, ce, rank
 
 
@@ -122,6 +127,8 @@ class TrainConfig:
     dao: bool = False
     margin: float = 0.5
     lam: float = 0.5
+    #: DAO ranking pairs per batch: "sampled" (one random hard row per easy row) or "all"
+    dao_pairs: str = "sampled"
     #: keep the (vocab x hidden) word embeddings fixed: most of a small tier's parameters and
     #: much of the optimizer's time on a CPU. A 2-layer tier on the movie snippets gained about
     #: 1.5 points of dev accuracy from training them (0.795 -> 0.810, ``bench/tier_recipe.py``);
@@ -200,7 +207,7 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(**b).logits.float()
             if cfg.dao:
-                loss, _, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen)
+                loss, _, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen, cfg.dao_pairs)
             else:
                 loss = F.cross_entropy(logits, labels)
             opt.zero_grad(set_to_none=True)
