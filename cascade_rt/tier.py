@@ -438,6 +438,15 @@ class Tier(nn.Module):
         self._encoder_weights[packed] = (sig, [p.detach() for p in self._weight_sources()], weights)
         return weights
 
+    def __getstate__(self):
+        # copies and pickles leave the caches behind (packed oneDNN weights cannot be copied);
+        # the copy rebuilds them on first use
+        state = dict(super().__getstate__())
+        state["_encoder_weights"] = {}
+        state.pop("_plan", None)
+        state.pop("_sources", None)
+        return state
+
     def _apply(self, fn, recurse=True):
         # .to()/.half()/.cuda() replace the parameters: drop the weight lists built from them
         self._encoder_weights = {}

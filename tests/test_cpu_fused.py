@@ -206,3 +206,18 @@ def test_forced_reference_runs_the_reference_encoder():
         got = tier(ids, mask, types)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
     assert math.isfinite(float(got.abs().max()))
+
+
+def test_a_tier_with_packed_weights_deep_copies():
+    """The packed oneDNN copies cannot be copied; a deep copy leaves them behind and rebuilds."""
+    import copy
+
+    tier = _tier(2, 40, 5, 13)
+    ids, mask, types = _padded([6, 11], seed=7)
+    want = tier(ids, mask, types)  # builds the packed weights and the plan
+    twin = copy.deepcopy(tier)
+    torch.testing.assert_close(twin(ids, mask, types), want, atol=0, rtol=0)
+    with torch.no_grad():
+        getattr(twin.bert.encoder.layer[0].attention, "self").query.weight.mul_(-1)
+    assert not torch.allclose(twin(ids, mask, types), want)  # its own weights, not the original's
+    torch.testing.assert_close(tier(ids, mask, types), want, atol=0, rtol=0)
