@@ -142,6 +142,8 @@ def prepare_inputs(
         if B == 0:
             z = torch.zeros(0, dtype=torch.int64, device=device)
             return PackedBatch(z, z, torch.zeros(1, dtype=torch.int32, device=device), 0, 0)
+        if S == 0:
+            raise InputError("input_ids has rows of width 0: every row needs at least one token")
         mask = attention_mask.to(torch.int64)
         # exact shapes on the CPU (trim: reading back is free there), not traced
         eager_cpu = trim and device.type == "cpu" and not torch.compiler.is_compiling()

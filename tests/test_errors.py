@@ -80,6 +80,12 @@ def test_empty_batch_returns_empty_outputs(model):
     assert model.tiers[0](torch.zeros((0, 5), dtype=torch.int64)).shape == (0, 3)
 
 
+def test_rows_of_width_zero(model):
+    for mask in (None, torch.zeros((2, 0), dtype=torch.int64)):
+        with pytest.raises(InputError, match="rows of width 0"):
+            model(torch.zeros((2, 0), dtype=torch.int64), attention_mask=mask)
+
+
 def test_sequence_longer_than_max_positions(model):
     ids = torch.full((2, 513), 1000)
     with pytest.raises(InputError, match="513 tokens, more than max_position_embeddings 512"):
