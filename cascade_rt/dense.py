@@ -14,10 +14,11 @@ oneDNN path off (read at import, or call :func:`set_onednn`).
 
 :func:`prepack` gives a weight in oneDNN's own blocked layout (``mkldnn::_reorder_linear_weight``),
 packed once at load. With it the GEMM streams the weight in the order its micro-kernel reads
-and skips the per-call layout work: at 10 rows the six-layer MiniLM's 24 GEMMs take about 1.4 ms
-packed against 2.1 ms plain and 3.7 ms through MKL, and packed stays ahead up to thousands of
-rows and down to one row (``bench/dense_cpu.py``). A packed copy costs the weight's size in
-memory again (the plain parameter stays: state dicts, training, other paths read it).
+and skips the per-call layout work: for the MiniLM's dense layers at 10 rows, 197-250 GFLOP/s
+packed against 143-166 plain and 68-84 through ATen, and packed stays ahead from two rows up
+to thousands (``bench/dense_cpu.py``, ``bench/results/dense_cpu.json``; at one row the three
+are within noise of each other). A packed copy costs the weight's size in memory again (the
+plain parameter stays: state dicts, training, other paths read it).
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ ONEDNN_ACTIVATIONS = {
     "gelu_tanh": ("gelu", "tanh"),
 }
 
-#: below this many rows ATen's GEMV-like path beats oneDNN on a plain weight (a packed one wins at
-#: every row count; ``bench/dense_cpu.py``)
+#: below this many rows ATen's GEMV-like path beats oneDNN on a plain weight (a packed one wins
+#: from two rows up; ``bench/dense_cpu.py``)
 ONEDNN_MIN_ROWS = 3
 
 _enabled = os.environ.get("CASCADE_RT_ONEDNN", "1") != "0"
