@@ -1,11 +1,14 @@
-"""The exact-path dense layer on the CPU: oneDNN (bias + activation fused) against ATen's F.linear.
+"""The exact-path dense layer on the CPU: this project's panel kernel and oneDNN against ATen.
 
 For the four dense layers of a BERT encoder layer (QKV, attention output, intermediate with
 GELU, output) at MiniLM (384 wide) and BERT-base (768 wide) shapes, and row counts from one
-token to a large packed batch, times ``cascade_rt.dense.dense`` three ways, interleaved: ATen
+token to a large packed batch, times ``cascade_rt.dense.dense`` four ways, interleaved: ATen
 (``F.linear`` then the activation: what a tier ran first), oneDNN on the plain (N, K) weight,
-and oneDNN on the weight packed once in its blocked layout (``cascade_rt.dense.prepack``: what
-the fused CPU encoder runs). Prints GFLOP/s and each oneDNN way's speed-up over ATen. Writes
+oneDNN on the weight packed once in its blocked layout (``cascade_rt.dense.prepack``: what the
+fused CPU encoder runs in bf16), and the panel kernel on the weight packed once in panels
+(``cascade_rt.dense.panel_pack``: what the fused CPU encoder runs in fp32). Prints GFLOP/s and
+each way's speed-up over ATen. One weight at a time stays in the caches here; in a tier's
+forward at batch 1 the weights stream from memory (``bench/e2e_vs_ort.py`` times that). Writes
 ``bench/results/dense_cpu.json``.
 
     .venv/bin/python bench/dense_cpu.py --threads 2
@@ -21,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from cascade_rt.dense import dense, prepack, set_onednn  # noqa: E402
+from cascade_rt.dense import dense, panel_pack, panel_width, prepack, set_onednn  # noqa: E402
 
 WIDTHS = {"minilm": 384, "bert-base": 768}
 ROWS = (1, 2, 4, 10, 32, 128, 512, 2000, 6000)
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32")
     print(f"{'model':<10}{'layer':<14}{'rows':>6}{'aten GF/s':>11}{'oneDNN GF/s':>13}{'ratio':>8}"
-          f"{'packed GF/s':>13}{'ratio':>8}")
+          f"{'packed GF/s':>13}{'ratio':>8}{'panel GF/s':>12}{'ratio':>8}")
     try:
         for model in args.models:
             for name, k, n, act in layers(WIDTHS[model]):
@@ -61,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
                 b = torch.randn(n, generator=g)
                 set_onednn(True)
                 wp = prepack(w)
+                wq = panel_pack(w) if panel_width() else None
                 for m in args.rows:
                     x = torch.randn(m, k, generator=g)
-                    t = common.interleaved({"aten": lambda: run(False, x, w, b, act),
-                                            "onednn": lambda: run(True, x, w, b, act),
-                                            "packed": lambda: run(True, x, wp, b, act)}, warmup=2, runs=args.runs)
+                    ways = {"aten": lambda: run(False, x, w, b, act), "onednn": lambda: run(True, x, w, b, act),
+                            "packed": lambda: run(True, x, wp, b, act)}
+                    if wq is not None:
+                        ways["panel"] = lambda: dense(x, wq, b, act)
+                    t = common.interleaved(ways, warmup=2, runs=args.runs)
                     fl = 2 * m * k * n
                     r = {"model": model, "layer": name, "rows": m, "k": k, "n": n, "activation": act,
                          "aten_ms": t["aten"]["median"] * 1e3, "onednn_ms": t["onednn"]["median"] * 1e3,
@@ -75,9 +81,16 @@ def main(argv: list[str] | None = None) -> int:
                          "packed_ms": t["packed"]["median"] * 1e3,
                          "packed_gflops": fl / t["packed"]["median"] / 1e9,
                          "packed_speedup": t["aten"]["median"] / t["packed"]["median"]}
+                    if wq is not None:
+                        r.update(panel_ms=t["panel"]["median"] * 1e3, panel_gflops=fl / t["panel"]["median"] / 1e9,
+                                 panel_speedup=t["aten"]["median"] / t["panel"]["median"],
+                                 panel_over_packed=t["packed"]["median"] / t["panel"]["median"])
                     results.append(r)
+                    panel = (f"{r['panel_gflops']:>12.1f}{r['panel_speedup']:>7.2f}x" if wq is not None
+                             else f"{'-':>12}{'-':>8}")
                     print(f"{model:<10}{name:<14}{m:>6}{r['aten_gflops']:>11.1f}{r['onednn_gflops']:>13.1f}"
-                          f"{r['speedup']:>7.2f}x{r['packed_gflops']:>13.1f}{r['packed_speedup']:>7.2f}x", flush=True)
+                          f"{r['speedup']:>7.2f}x{r['packed_gflops']:>13.1f}{r['packed_speedup']:>7.2f}x{panel}",
+                          flush=True)
     finally:
         set_onednn(True)
     cfg = {"rows": args.rows, "models": args.models, "runs": args.runs, "dtype": "float32",

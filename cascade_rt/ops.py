@@ -260,15 +260,16 @@ def encoder_layers(
     Per layer: fused QKV dense, attention within each sequence, output dense, add+LayerNorm,
     intermediate dense + activation, output dense, add+LayerNorm (BERT's post-LN layer; see
     :func:`cascade_rt.reference.encoder_layers_ref`). The native CPU kernel runs all of it in
-    C++ with no return to Python between ops, and its dense layers read weights packed once
-    in oneDNN's layout (:func:`cascade_rt.dense.prepack`) with the bias and activation fused.
+    C++ with no return to Python between ops, and its dense layers read weights packed once:
+    fp32 panels for few rows (:func:`cascade_rt.dense.panel_pack`), oneDNN's layout
+    (:func:`cascade_rt.dense.prepack`, bias and activation fused) for more.
 
     Args:
         x: (T, hidden), float32/float16/bfloat16: embeddings of the packed tokens.
         cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row's length.
         weights: 12 tensors per layer (``w_qkv, b_qkv, w_o, b_o, ln1_w, ln1_b, w_i, b_i, w_out,
-            b_out, ln2_w, ln2_b``; see the reference), x's dtype; dense weights plain (N, K) or
-            packed by :func:`cascade_rt.dense.prepack`.
+            b_out, ln2_w, ln2_b``; see the reference), x's dtype; dense weights plain (N, K),
+            packed by :func:`cascade_rt.dense.prepack` or by :func:`cascade_rt.dense.panel_pack`.
         num_heads: attention heads.  eps: LayerNorm epsilon.
         activation: ``"gelu"`` (erf), ``"gelu_tanh"``, ``"relu"`` or ``"none"``.
 

@@ -169,11 +169,13 @@ def exit_head_ref(
 
     cls_hidden: (B, H).  pooler_w: (H, H), pooler_b: (H,): the head's first dense layer (BERT
     pooler, RoBERTa ``classifier.dense``, DistilBERT ``pre_classifier``).  cls_w: (C, H),
-    cls_b: (C,): classifier.  threshold: confidence needed to exit, compared in fp32.
+    cls_b: (C,): classifier (either weight may come panel-packed, :func:`cascade_rt.dense.panel_pack`).
+    threshold: confidence needed to exit, compared in fp32.
     activation: one of :data:`EXIT_HEAD_ACTIVATIONS`, applied in fp32 after the dense layer.
     Returns logits (B, C) float32, confidence (B,) float32, exit_mask (B,) bool
     (``confidence >= threshold``).
     """
+    pooler_w, cls_w = _plain_weight(pooler_w, pooler_b), _plain_weight(cls_w, cls_b)
     pooled = _exit_head_activation(F.linear(cls_hidden.float(), pooler_w.float(), pooler_b.float()),
                                    activation)
     logits = F.linear(pooled, cls_w.float(), cls_b.float())
@@ -347,6 +349,25 @@ def linear_ref(
 ENCODER_WEIGHTS_PER_LAYER = 12
 
 
+def _panel_to_dense(w: torch.Tensor, out_features: int) -> torch.Tensor:
+    """(P, K, width) panels (zero past N; :func:`cascade_rt.dense.panel_pack`) -> (N, K)."""
+    P, K, width = w.shape
+    if not (P - 1) * width < out_features <= P * width:
+        raise ValueError(f"{out_features} output features do not fit {P} panels of {width}")
+    return w.permute(0, 2, 1).reshape(P * width, K)[:out_features]
+
+
+def _plain_weight(w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A dense weight read back to (N, K) from oneDNN's layout or from panels (N: the bias's)."""
+    if w.is_mkldnn:
+        return w.to_dense()
+    if w.dim() == 3:
+        if bias is None:
+            raise ValueError("a panel-packed weight needs its bias to know the output features")
+        return _panel_to_dense(w, bias.shape[0])
+    return w
+
+
 def encoder_layers_ref(
     x: torch.Tensor,
     cu_seqlens: torch.Tensor,
@@ -366,7 +387,8 @@ def encoder_layers_ref(
     weights: 12 tensors per layer: ``w_qkv (3*hidden, hidden), b_qkv (3*hidden,), w_o (hidden,
     hidden), b_o, ln1_w, ln1_b (hidden,), w_i (inter, hidden), b_i (inter,), w_out (hidden,
     inter), b_out, ln2_w, ln2_b (hidden,)``, x's dtype; a dense weight may be given in oneDNN's
-    packed layout (:func:`cascade_rt.dense.prepack`; read back to (N, K) here).
+    packed layout (:func:`cascade_rt.dense.prepack`) or in panels
+    (:func:`cascade_rt.dense.panel_pack`), read back to (N, K) here.
     num_heads: attention heads (``hidden % num_heads == 0``).  eps: both LayerNorms' epsilon.
     activation: the intermediate activation, one of :data:`LINEAR_ACTIVATIONS`.
     Returns (T, hidden) in x's dtype; token slots past ``cu_seqlens[-1]`` are unspecified.
@@ -377,8 +399,10 @@ def encoder_layers_ref(
     T, hidden = x.shape
     D = hidden // num_heads
     for i in range(0, len(weights), ENCODER_WEIGHTS_PER_LAYER):
-        w_qkv, b_qkv, w_o, b_o, ln1_w, ln1_b, w_i, b_i, w_out, b_out, ln2_w, ln2_b = [
-            w.to_dense() if w.is_mkldnn else w for w in weights[i:i + ENCODER_WEIGHTS_PER_LAYER]]
+        w = list(weights[i:i + ENCODER_WEIGHTS_PER_LAYER])
+        for j in (0, 2, 6, 8):  # dense weights, each followed by its bias
+            w[j] = _plain_weight(w[j], w[j + 1])
+        w_qkv, b_qkv, w_o, b_o, ln1_w, ln1_b, w_i, b_i, w_out, b_out, ln2_w, ln2_b = w
         qkv = linear_ref(x, w_qkv, b_qkv, cu_seqlens).view(T, 3, num_heads, D)
         ctx = varlen_attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
                                    1.0 / math.sqrt(D))

@@ -20,7 +20,8 @@ from torch import nn
 from . import backends, ops
 from .config import TierConfig
 from .dense import dense as dense_layer
-from .dense import prepack
+from .dense import pack as pack_weight
+from .dense import packing, panel_enabled, panel_pack
 from .inputs import PackedBatch, prepare_inputs
 from .models.base import positions_from_zero
 from .reference import token_row_ids_ref
@@ -224,6 +225,10 @@ class _CpuPlan:
         self.zero_based = tier.family.position_ids is positions_from_zero
         self.head = (tier.bert.pooler.dense.weight, tier.bert.pooler.dense.bias, tier.classifier.weight,
                      tier.classifier.bias)
+        # the head's two GEMMs on panels (fp32, one path for every batch size); packed on first
+        # use and again when a head weight changes: (signature, storages held, weights)
+        self.head_panels = packing("cpu", tier.dtype) == "panel"
+        self._head_packed: tuple | None = None
         self.args = (cfg.num_attention_heads, cfg.layer_norm_eps, tier._act_name)
 
     @classmethod
@@ -242,7 +247,7 @@ class _CpuPlan:
         probes = (("embed_layer_norm", (one, one, None if tt is None else one, emb.word_embeddings.weight,
                                         emb.position_embeddings.weight, None if tt is None else tt.weight,
                                         emb.LayerNorm.weight, emb.LayerNorm.bias, cfg.layer_norm_eps, None)),
-                  ("encoder_layers", (x, cu, 1, tier.encoder_weights(packed=False), cfg.num_attention_heads,
+                  ("encoder_layers", (x, cu, 1, tier.encoder_weights("plain"), cfg.num_attention_heads,
                                       cfg.layer_norm_eps, tier._act_name)),
                   ("exit_head", (x, tier.bert.pooler.dense.weight, tier.bert.pooler.dense.bias,
                                  tier.classifier.weight, tier.classifier.bias, 1.0, tier._head_act)))
@@ -267,11 +272,22 @@ class _CpuPlan:
         tier = self.tier
         x = self.embed_fn(input_ids, pos, token_type_ids if self.typed else None, word, pos_w, type_w, ln_w, ln_b,
                           self.args[1], None)
-        weights = tier.encoder_weights(packed=True)
+        weights = tier.encoder_weights(packing(x.device.type, x.dtype))
         return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args)
 
     def exit_head(self, cls_hidden, threshold: float):
-        return self.head_fn(cls_hidden, *self.head, threshold, self.tier._head_act)
+        return self.head_fn(cls_hidden, *self._head_weights(), threshold, self.tier._head_act)
+
+    def _head_weights(self) -> tuple:
+        if not self.head_panels:
+            return self.head
+        sig = tuple([v for p in self.head for v in (p._version, p.data_ptr())])
+        got = self._head_packed
+        if got is None or got[0] != sig:
+            pw, pb, cw, cb = self.head
+            got = self._head_packed = (sig, [p.detach() for p in self.head],
+                                       (panel_pack(pw), pb, panel_pack(cw), cb))
+        return got[2]
 
 
 class Tier(nn.Module):
@@ -292,8 +308,8 @@ class Tier(nn.Module):
         self._act_name = _LINEAR_ACTIVATION[config.hidden_act]
         self._head_act = self.family.head_activation(config)
         self.source_dir: str | None = None
-        # (signature of the dense weights, packed?) -> the encoder_layers weight list
-        self._encoder_weights: dict[bool, tuple[tuple, list, list[torch.Tensor]]] = {}
+        # layout -> (signature of the dense weights, their storages, the encoder_layers weight list)
+        self._encoder_weights: dict[str, tuple[tuple, list, list[torch.Tensor]]] = {}
         self.register_state_dict_post_hook(_to_hf_names)
         self.register_load_state_dict_pre_hook(_from_hf_names)
 
@@ -361,7 +377,8 @@ class Tier(nn.Module):
         """Every layer in one :func:`cascade_rt.ops.encoder_layers` call (exact shapes), or
         ``None`` where no backend runs that op on these inputs (CUDA, a forced Triton backend,
         tracing): the caller then runs :meth:`run_layer` per layer. With the native CPU kernel
-        the dense weights are packed once (:meth:`encoder_weights`).
+        the dense weights are packed once (:meth:`encoder_weights`), in the layout
+        :func:`cascade_rt.dense.packing` picks for the dtype.
 
         At batch 1 the encoder's GEMMs stream every weight through the caches, so each Python
         step of a forward runs cold: this path keeps them few (one weight check, one dispatch).
@@ -371,12 +388,13 @@ class Tier(nn.Module):
         cfg = self.config
         args = (cfg.num_attention_heads, cfg.layer_norm_eps, self._act_name)
         sig = self._weights_signature()
-        plain = self.encoder_weights(packed=False, signature=sig)
+        plain = self.encoder_weights("plain", signature=sig)
         try:
             name, fn = backends.implementation("encoder_layers", x, cu_seqlens, max_seqlen, plain, *args)
         except NotImplementedError:
             return None
-        weights = self.encoder_weights(packed=True, signature=sig) if name == "native" else plain
+        weights = (self.encoder_weights(packing("cpu", x.dtype), signature=sig) if name == "native"
+                   else plain)
         return fn(x, cu_seqlens, int(max_seqlen), weights, *args)
 
     def _cpu_plan(self) -> "_CpuPlan | None":
@@ -384,7 +402,7 @@ class Tier(nn.Module):
         where the native backend would not run it (forced elsewhere, not built, tracing)."""
         if torch.compiler.is_compiling():
             return None
-        key = (backends.get_backend(), _param_registrations[0])
+        key = (backends.get_backend(), _param_registrations[0], panel_enabled())
         got = self.__dict__.get("_plan")
         if got is not None and got[0] == key:
             return got[1]
@@ -410,21 +428,25 @@ class Tier(nn.Module):
     def _weights_signature(self) -> tuple:
         return tuple([v for p in self._weight_sources() for v in (p._version, p.data_ptr())])
 
-    def encoder_weights(self, packed: bool = True, signature: tuple | None = None) -> list[torch.Tensor]:
+    def encoder_weights(self, layout: str = "plain", signature: tuple | None = None) -> list[torch.Tensor]:
         """The weight list :func:`cascade_rt.ops.encoder_layers` takes (12 tensors per layer).
 
-        ``packed``: each dense weight in oneDNN's packed layout where the dense layers run
-        oneDNN (:func:`cascade_rt.dense.prepack`; the weight itself elsewhere). The list is
-        built once and kept; it is rebuilt when a dense weight changes (in place, which bumps
-        its version, or re-assigned, or moved), so a packed copy never goes stale. Packed
-        copies cost the dense weights' size in memory again. ``signature``: the weights'
-        current signature, when the caller has just computed it.
+        ``layout``: the dense weights' layout, one of :func:`cascade_rt.dense.packing`'s
+        answers: ``"panel"`` (:func:`cascade_rt.dense.panel_pack`, fp32 CPU),
+        ``"onednn"`` (:func:`cascade_rt.dense.prepack`; the weight itself where the dense
+        layers do not run oneDNN) or ``"plain"``. Each list is built on first use and kept; it
+        is rebuilt when a dense weight changes (in place, which bumps its version, or
+        re-assigned, or moved), so a packed copy never goes stale. A packed layout costs the
+        dense weights' size in memory again. ``signature``: the weights' current signature,
+        when the caller has just computed it.
         """
         sig = self._weights_signature() if signature is None else signature
-        got = self._encoder_weights.get(packed)
+        got = self._encoder_weights.get(layout)
         if got is not None and got[0] == sig:
             return got[2]
-        pack = prepack if packed else (lambda w: w)
+        if layout not in ("panel", "onednn", "plain"):
+            raise ValueError(f"encoder_weights: layout {layout!r} is not one of panel, onednn, plain")
+        pack = lambda w: pack_weight(w, layout)  # noqa: E731
         weights = []
         for layer in self.bert.encoder.layer:
             w_qkv, b_qkv = layer.qkv_weights()
@@ -435,7 +457,7 @@ class Tier(nn.Module):
         # qkv_weights() may have re-fused (new storage): sign what the list was built from, and
         # hold those storages so that no later tensor can reuse an address in the signature
         sig = self._weights_signature()
-        self._encoder_weights[packed] = (sig, [p.detach() for p in self._weight_sources()], weights)
+        self._encoder_weights[layout] = (sig, [p.detach() for p in self._weight_sources()], weights)
         return weights
 
     def __getstate__(self):

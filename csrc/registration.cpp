@@ -35,6 +35,10 @@ TORCH_LIBRARY(cascade_rt, m) {
   m.def(
       "encoder_layers(Tensor x, Tensor cu_seqlens, int max_seqlen, Tensor[] weights, int num_heads, "
       "float eps, str activation) -> Tensor");
+  m.def("panel_pack(Tensor weight) -> Tensor");
+  m.def(
+      "panel_linear(Tensor x, Tensor weight, Tensor? bias, int out_features, str activation=\"none\") "
+      "-> Tensor");
 }
 
 namespace {
@@ -80,4 +84,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cascade_rt native ops (registered as torch.ops.cascade_rt.*) and build information";
   m.def("build_info", &build_info, "how this extension was built");
   m.def("with_cuda", &with_cuda, "whether CUDA kernels were compiled in");
+  m.def("panel_width", &cascade_rt::cpu::panel_width,
+        "output columns per panel of panel_pack on this CPU (32: AVX-512, 16: AVX2, 0: not offered)");
 }

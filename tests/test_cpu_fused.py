@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cascade_rt import backends, ops, reference as R
+from cascade_rt import dense as D
 from cascade_rt.dense import dense, dense_impl, prepack
 
 if os.environ.get("CASCADE_RT_NO_NATIVE") == "1":
@@ -48,39 +49,53 @@ def _weights(dtype, g, layers=LAYERS):
     return ws
 
 
-def _packed(ws):
+def _packed(ws, layout="onednn"):
     dense_at = {0, 2, 6, 8}
-    return [prepack(w) if i % R.ENCODER_WEIGHTS_PER_LAYER in dense_at else w for i, w in enumerate(ws)]
+    return [D.pack(w, layout) if i % R.ENCODER_WEIGHTS_PER_LAYER in dense_at else w for i, w in enumerate(ws)]
+
+
+#: the dense-weight layouts a CPU tier can run its encoder on here
+LAYOUTS = ["onednn"] + (["panel"] if D.panel_width() else [])
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request):
+    """Tiers in the test run their fp32 dense layers on this layout."""
+    D.set_panel(request.param == "panel")
+    yield request.param
+    D.set_panel(True)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS, ids=str)
-@pytest.mark.parametrize("dtype,atol", TOLS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("dtype,atol,packed", [(d, a, p) for d, a in TOLS for p in LAYOUTS + ["plain"]
+                                               if p != "panel" or d == torch.float32],  # panels: fp32 only
+                         ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "plain"])
-def test_encoder_layers_native_matches_reference(lengths, dtype, atol, activation, packed):
+def test_encoder_layers_native_matches_reference(lengths, dtype, atol, packed, activation):
     g = torch.Generator().manual_seed(len(lengths) * 7 + len(activation))
     cu, T = cu_of(lengths, "cpu")
     x = torch.randn(T, HIDDEN, generator=g).to(dtype)
     ws = _weights(dtype, g)
     args = (cu, max(lengths, default=0))
     with poisoned():
-        got = torch.ops.cascade_rt.encoder_layers(x, *args, _packed(ws) if packed else ws, HEADS, EPS, activation)
+        got = torch.ops.cascade_rt.encoder_layers(x, *args, _packed(ws, packed), HEADS, EPS, activation)
     want = R.encoder_layers_ref(x, *args, ws, HEADS, EPS, activation)
     assert got.shape == (T, HIDDEN) and got.dtype == dtype
     assert not got.isnan().any()
     torch.testing.assert_close(got, want, atol=atol, rtol=0)
 
 
-def test_encoder_layers_dispatch_and_reference_take_packed_weights():
+@pytest.mark.parametrize("packed", LAYOUTS)
+def test_encoder_layers_dispatch_and_reference_take_packed_weights(packed):
     g = torch.Generator().manual_seed(3)
     cu, T = cu_of([9, 4], "cpu")
     x = torch.randn(T, HIDDEN, generator=g)
     ws = _weights(torch.float32, g)
     assert backends.implementation("encoder_layers", x, cu, 9, ws, HEADS, EPS, "gelu")[0] == "native"
     want = R.encoder_layers_ref(x, cu, 9, ws, HEADS, EPS, "gelu")
-    torch.testing.assert_close(R.encoder_layers_ref(x, cu, 9, _packed(ws), HEADS, EPS, "gelu"), want,
+    torch.testing.assert_close(R.encoder_layers_ref(x, cu, 9, _packed(ws, packed), HEADS, EPS, "gelu"), want,
                                atol=0, rtol=0)
-    torch.testing.assert_close(ops.encoder_layers(x, cu, 9, _packed(ws), HEADS, EPS, "gelu"), want,
+    torch.testing.assert_close(ops.encoder_layers(x, cu, 9, _packed(ws, packed), HEADS, EPS, "gelu"), want,
                                atol=2e-5, rtol=0)
 
 
@@ -93,7 +108,7 @@ def test_encoder_layers_rejects_bad_weights():
         torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws[:-1], HEADS, EPS, "gelu")
     with pytest.raises(RuntimeError, match="multiple of num_heads"):
         torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws, 7, EPS, "gelu")
-    with pytest.raises(RuntimeError, match="QKV weight"):
+    with pytest.raises(RuntimeError, match="dense weights must be QKV"):
         torch.ops.cascade_rt.encoder_layers(x, cu, 3, [ws[2]] + ws[1:], HEADS, EPS, "gelu")
     with pytest.raises(RuntimeError, match="activation"):
         torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws, HEADS, EPS, "swish")
@@ -150,7 +165,7 @@ def _per_op(tier, ids, mask, types):
         return tier.exit_head(tier.first_tokens(x, b.cu_seqlens), 1.0)[0]
 
 
-def test_tier_runs_one_fused_call_and_matches_the_per_op_path(monkeypatch):
+def test_tier_runs_one_fused_call_and_matches_the_per_op_path(monkeypatch, layout):
     tier = _tier(3, 40, 5, 7)
     ids, mask, types = _padded([1, 7, 60, 2, 33], seed=2, width=64)
     calls = []
@@ -162,7 +177,9 @@ def test_tier_runs_one_fused_call_and_matches_the_per_op_path(monkeypatch):
     monkeypatch.setitem(N.OPS, "encoder_layers", torch.ops.cascade_rt.encoder_layers)
     got = tier(ids, mask, types)
     assert len(calls) == 1 and len(calls[0][3]) == 12 * 3
-    if dense_impl("cpu", torch.float32) == "onednn":
+    if layout == "panel":
+        assert calls[0][3][0].dim() == 3  # the QKV weight in panels
+    elif dense_impl("cpu", torch.float32) == "onednn":
         assert calls[0][3][0].is_mkldnn  # the packed QKV weight
     torch.testing.assert_close(got, _per_op(tier, ids, mask, types), atol=2e-5, rtol=0)
     # grad mode changes nothing (inside, oneDNN would take another path for a grad-requiring bias)
@@ -175,7 +192,7 @@ def test_tier_runs_one_fused_call_and_matches_the_per_op_path(monkeypatch):
     assert torch.equal(tier.encode(*args), want)
 
 
-def test_packed_weights_follow_every_kind_of_update():
+def test_packed_weights_follow_every_kind_of_update(layout):
     tier = _tier(2, 40, 5, 9)
     ids, mask, types = _padded([5, 17, 3], seed=4)
 
@@ -198,7 +215,7 @@ def test_packed_weights_follow_every_kind_of_update():
     torch.testing.assert_close(tier(ids, mask, types), before, atol=2e-5, rtol=0)
 
 
-def test_forced_reference_runs_the_reference_encoder():
+def test_forced_reference_runs_the_reference_encoder(layout):
     tier = _tier(2, 40, 5, 12)
     ids, mask, types = _padded([4, 9], seed=6)
     want = tier(ids, mask, types)
@@ -208,7 +225,7 @@ def test_forced_reference_runs_the_reference_encoder():
     assert math.isfinite(float(got.abs().max()))
 
 
-def test_a_tier_with_packed_weights_deep_copies():
+def test_a_tier_with_packed_weights_deep_copies(layout):
     """The packed oneDNN copies cannot be copied; a deep copy leaves them behind and rebuilds."""
     import copy
 

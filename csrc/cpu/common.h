@@ -35,6 +35,13 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
 at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
                               const at::Tensor& weight, const at::Tensor& bias, double eps);
 
+// Few-row fp32 dense layers on panel-packed weights (panel_linear.cpp): the panel width on
+// this CPU (0: not offered), whether a tensor is such a weight, and act(x @ W^T + b).
+int64_t panel_width();
+bool is_panel_weight(const at::Tensor& w);
+at::Tensor panel_linear_cpu(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                            int64_t out_features, c10::string_view activation);
+
 // Bytes of one token row of a (T, ...) tensor.
 inline int64_t row_bytes(const at::Tensor& t) {
   int64_t n = t.element_size();

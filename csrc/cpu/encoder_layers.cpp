@@ -2,9 +2,10 @@
 //
 // Per layer: fused QKV dense -> varlen attention -> output dense -> add+LayerNorm ->
 // intermediate dense with its activation -> output dense -> add+LayerNorm. The dense layers
-// take their weights either as oneDNN tensors packed once at load (the library's blocked
-// layout; Python packs them, see cascade_rt/dense.py) with the bias and the activation fused in
-// the GEMM's epilogue, or as plain (N, K) tensors through ATen's linear. Attention and
+// take their weights as fp32 panels for few rows (panel_linear.cpp; a stream over the weight),
+// as oneDNN tensors packed once at load (the library's blocked layout) with the bias and the
+// activation fused in the GEMM's epilogue, or as plain (N, K) tensors through ATen's linear;
+// Python packs them (cascade_rt/dense.py) and picks the layout by row count. Attention and
 // add+LayerNorm are this extension's own CPU kernels, called directly. Nothing here returns
 // to Python between ops, which at batch 1 is most of what a per-op forward spends outside
 // its GEMMs.
@@ -47,6 +48,7 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
 // linear followed by the activation (as cascade_rt.dense.dense does).
 at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                  const std::string& act) {
+  if (is_panel_weight(w)) return panel_linear_cpu(x, w, b, b.numel(), act);
   if (w.is_mkldnn()) {
     if (act == "none") return onednn_linear(x, w, b, "none", "");
     if (act == "relu") return onednn_linear(x, w, b, "relu", "");
@@ -59,9 +61,11 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   return y;
 }
 
-int64_t out_features(const at::Tensor& w, int64_t fallback) {
-  // a packed oneDNN weight keeps the logical (N, K) sizes
-  return w.dim() == 2 ? w.size(0) : fallback;
+// whether a dense weight holds (n, k): plain and oneDNN-packed ones keep the logical (N, K)
+// sizes, panels are (ceil(N / width), K, width)
+bool weight_is(const at::Tensor& w, int64_t n, int64_t k) {
+  if (is_panel_weight(w)) return w.size(1) == k && w.size(0) == (n + w.size(2) - 1) / w.size(2);
+  return w.dim() == 2 && w.size(0) == n && w.size(1) == k;
 }
 
 at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, int64_t max_seqlen,
@@ -84,9 +88,15 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
   const int64_t layers = (int64_t)weights.size() / kPerLayer;
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* w = weights.data() + l * kPerLayer;
-    TORCH_CHECK(out_features(w[0], 3 * hidden) == 3 * hidden && w[1].numel() == 3 * hidden,
-                "encoder_layers: layer ", l, ": the QKV weight must be (", 3 * hidden, ", ", hidden,
-                ") with a (", 3 * hidden, ",) bias");
+    const int64_t inter = w[7].numel();
+    TORCH_CHECK(weight_is(w[0], 3 * hidden, hidden) && w[1].numel() == 3 * hidden &&
+                    weight_is(w[2], hidden, hidden) && w[3].numel() == hidden &&
+                    weight_is(w[6], inter, hidden) && weight_is(w[8], hidden, inter) &&
+                    w[9].numel() == hidden,
+                "encoder_layers: layer ", l, ": the dense weights must be QKV (", 3 * hidden, ", ",
+                hidden, "), output (", hidden, ", ", hidden, "), intermediate (I, ", hidden,
+                ") and its output (", hidden, ", I), with biases to match; got ", w[0].sizes(), ", ",
+                w[2].sizes(), ", ", w[6].sizes(), ", ", w[8].sizes());
     for (int64_t i : {1, 3, 4, 5, 7, 9, 10, 11}) {
       TORCH_CHECK(w[i].dim() == 1, "encoder_layers: layer ", l, ": tensor ", i, " must be 1-D, got ",
                   w[i].sizes());

@@ -1,6 +1,8 @@
-// CPU exit head: head dense GEMM (+bias) and classifier GEMM in fp32 through ATen's BLAS, the
-// head activation (tanh, relu, gelu, gelu_tanh) in place, then one pass per row fusing softmax,
-// max probability and the threshold test.
+// CPU exit head: head dense GEMM (+bias) and classifier GEMM in fp32, then one pass per row
+// fusing softmax, max probability and the threshold test. The GEMMs run on weights packed in
+// panels (panel_linear.cpp, the head activation in its epilogue) when both come so packed,
+// else through ATen's BLAS with the activation (tanh, relu, gelu, gelu_tanh) in place.
+// Either way one path serves every batch size, so a row's scores do not depend on its batch.
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -18,6 +20,8 @@
 namespace cascade_rt::cpu {
 namespace {
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> head_scores(const at::Tensor& logits, double threshold);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
     const at::Tensor& cls_hidden, const at::Tensor& pooler_w, const at::Tensor& pooler_b,
     const at::Tensor& cls_w, const at::Tensor& cls_b, double threshold,
@@ -29,6 +33,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
   TORCH_CHECK(cls_hidden.dim() == 2, "exit_head: cls_hidden must be (B, H), got shape ",
               cls_hidden.sizes());
   const int64_t B = cls_hidden.size(0), H = cls_hidden.size(1);
+  if (is_panel_weight(pooler_w) || is_panel_weight(cls_w)) {
+    TORCH_CHECK(is_panel_weight(pooler_w) && is_panel_weight(cls_w) && pooler_w.size(1) == H &&
+                    cls_w.size(1) == H && pooler_b.dim() == 1 && pooler_b.size(0) == H &&
+                    cls_b.dim() == 1 && cls_b.size(0) >= 1,
+                "exit_head: panel-packed head weights must both be panels over H = ", H,
+                " with biases (", H, ",) and (C,); got ", pooler_w.sizes(), ", ", pooler_b.sizes(),
+                ", ", cls_w.sizes(), ", ", cls_b.sizes());
+    at::Tensor pooled = panel_linear_cpu(cls_hidden, pooler_w, pooler_b, H, activation);
+    return head_scores(panel_linear_cpu(pooled, cls_w, cls_b, cls_b.size(0), "none"), threshold);
+  }
   TORCH_CHECK(pooler_w.dim() == 2 && pooler_w.size(0) == H && pooler_w.size(1) == H,
               "exit_head: pooler_w must be (", H, ", ", H, "), got ", pooler_w.sizes());
   TORCH_CHECK(pooler_b.dim() == 1 && pooler_b.size(0) == H, "exit_head: pooler_b must be (", H,
@@ -44,10 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
                 "exit_head: every input must be floating point, got ", t->scalar_type());
   }
   auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
-  auto fopt = cls_hidden.options().dtype(at::kFloat);
-  at::Tensor confidence = at::empty({B}, fopt);
-  at::Tensor exit_mask = at::empty({B}, cls_hidden.options().dtype(at::kBool));
-  if (B == 0) return {at::empty({0, C}, fopt), confidence, exit_mask};
+  if (B == 0) return head_scores(at::empty({0, C}, cls_hidden.options().dtype(at::kFloat)), threshold);
 
   at::Tensor pooled = at::addmm(f32(pooler_b), f32(cls_hidden), f32(pooler_w).t());
   if (activation == "tanh") {
@@ -57,8 +68,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
   } else {
     at::gelu_(pooled, activation == "gelu" ? "none" : "tanh");
   }
-  at::Tensor logits = at::addmm(f32(cls_b), pooled, f32(cls_w).t()).contiguous();
+  return head_scores(at::addmm(f32(cls_b), pooled, f32(cls_w).t()).contiguous(), threshold);
+}
 
+// softmax, max probability and the threshold test of (B, C) fp32 logits
+std::tuple<at::Tensor, at::Tensor, at::Tensor> head_scores(const at::Tensor& logits, double threshold) {
+  const int64_t B = logits.size(0), C = logits.size(1);
+  at::Tensor confidence = at::empty({B}, logits.options());
+  at::Tensor exit_mask = at::empty({B}, logits.options().dtype(at::kBool));
   const float thr = (float)threshold;  // the test is done in fp32, as in the reference
   const float* lp = logits.data_ptr<float>();
   float* cp = confidence.data_ptr<float>();
