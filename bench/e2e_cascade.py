@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if cuda else torch.float32)
     family = args.family or ("bert-base" if cuda else "minilm")
     batch = args.batch or (256 if cuda else 48)
-    runs = args.runs or (20 if cuda else 3)
+    runs = args.runs or (20 if cuda else 5)
     rates = args.rates
     max_len = args.max_len
     if args.quick:

@@ -23,8 +23,9 @@ plain parameter stays: state dicts, training, other paths read it).
 :func:`panel_pack` gives an fp32 weight in this project's panel layout (the native
 ``panel_linear`` kernel, ``csrc/cpu/panel_linear.cpp``). At batch 1 a dense layer is a stream
 over its weight: the panel kernel reads each weight byte once, in order, prefetched ahead, with
-no per-call packing or tiling, and at 10-64 rows it is well ahead of oneDNN on its own packed
-weights; at thousands of rows it is within a few percent of oneDNN (``bench/dense_cpu.py``).
+no per-call packing or tiling: at 10 rows, 1.6-2.2x oneDNN on its own packed weights and
+3-4.3x ATen; at thousands of rows, 0.8-1.0x oneDNN packed (``bench/dense_cpu.py``,
+``bench/results/dense_cpu.json``; two AMD EPYC cores).
 Each output row depends on its own input row only, with the same order of operations for
 every row count, so fp32 CPU tiers use panels at every row count (:func:`packing`): a row's
 result never depends on the batch it came in, which a layout switched by row count would break.
