@@ -15,6 +15,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cascade_rt import backends, ops, reference as R
 from cascade_rt import dense as D
@@ -238,3 +240,39 @@ def test_a_tier_with_packed_weights_deep_copies(layout):
         getattr(twin.bert.encoder.layer[0].attention, "self").query.weight.mul_(-1)
     assert not torch.allclose(twin(ids, mask, types), want)  # its own weights, not the original's
     torch.testing.assert_close(tier(ids, mask, types), want, atol=0, rtol=0)
+
+
+# -- batch invariance ---------------------------------------------------------------------------
+_INVARIANT_TIERS: dict = {}
+
+
+@pytest.mark.skipif(not D.panel_width(), reason="the panel kernel is not offered on this CPU")
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(1, 64), min_size=2, max_size=7), pick=st.integers(0, 6),
+       threads=st.sampled_from([1, 2]))
+def test_a_rows_result_does_not_depend_on_its_batch(lengths, pick, threads):
+    """fp32 CPU tiers run every dense layer on panels, whose per-row arithmetic is the same for
+    any row count, chunking and thread count; attention, LayerNorm and embeddings are per row.
+    So a row alone and the same row in any batch give the same bits, through a cascade too
+    (its tier-1 batch is whatever survived)."""
+    from cascade_rt import CascadeBert
+
+    if not _INVARIANT_TIERS:
+        _INVARIANT_TIERS["cascade"] = CascadeBert([_tier(1, 40, 5, 31), _tier(2, 40, 5, 32)], [0.6]).eval()
+    model = _INVARIANT_TIERS["cascade"]
+    i = pick % len(lengths)
+    ids, mask, types = _padded(lengths, seed=sum(lengths))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            full = model(ids, mask, types)
+            alone = model(ids[i:i + 1, :lengths[i]], mask[i:i + 1, :lengths[i]], types[i:i + 1, :lengths[i]])
+            tier_full = model.tiers[1](ids, mask, types)
+            tier_alone = model.tiers[1](ids[i:i + 1], mask[i:i + 1], types[i:i + 1])
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(full.logits[i], alone.logits[0])
+    assert torch.equal(full.confidence[i], alone.confidence[0])
+    assert int(full.exit_tier[i]) == int(alone.exit_tier[0])
+    assert torch.equal(tier_full[i], tier_alone[0])
