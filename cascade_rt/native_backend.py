@@ -47,6 +47,17 @@ if hasattr(_ops, "encoder_layers"):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+if hasattr(_ops, "panel_linear"):
+    @torch.library.register_fake("cascade_rt::panel_pack")
+    def _(weight):
+        width = int(_C.panel_width())
+        return weight.new_empty(((weight.shape[0] + width - 1) // max(width, 1), weight.shape[1], width))
+
+    @torch.library.register_fake("cascade_rt::panel_linear")
+    def _(x, weight, bias, out_features, activation="none"):
+        return x.new_empty((x.shape[0], out_features))
+
+
 @torch.library.register_fake("cascade_rt::varlen_attention")
 def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -198,3 +198,18 @@ def test_avx2_kernels_in_a_subprocess():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", _AVX2_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "avx2 ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_fake_shapes_match_the_kernel():
+    """The meta (fake) implementations give the shapes the kernels return (torch.compile and
+    export trace through them)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, w, b = _case(5, 45, 33, seed=9)
+    p = D.panel_pack(w)
+    y = torch.ops.cascade_rt.panel_linear(x, p, b, 45, "gelu")
+    with FakeTensorMode() as mode:
+        fw, fx, fb = mode.from_tensor(w), mode.from_tensor(x), mode.from_tensor(b)
+        fp = torch.ops.cascade_rt.panel_pack(fw)
+        fy = torch.ops.cascade_rt.panel_linear(fx, fp, fb, 45, "gelu")
+    assert tuple(fp.shape) == tuple(p.shape) and tuple(fy.shape) == tuple(y.shape)
