@@ -13,11 +13,10 @@ The choice is made once per (device type, dtype) and cached; ``CASCADE_RT_ONEDNN
 oneDNN path off (read at import, or call :func:`set_onednn`).
 
 :func:`prepack` gives a weight in oneDNN's own blocked layout (``mkldnn::_reorder_linear_weight``),
-packed once at load (used for larger row counts). With it the GEMM streams the weight in the order its micro-kernel reads
-and skips the per-call layout work: for the MiniLM's dense layers at 10 rows, 197-250 GFLOP/s
-packed against 143-166 plain and 68-84 through ATen, and packed stays ahead from two rows up
-to thousands (``bench/dense_cpu.py``, ``bench/results/dense_cpu.json``; at one row the three
-are within noise of each other). A packed copy costs the weight's size in memory again (the
+packed once at load: the layout of the bf16 CPU path (fp32 takes panels, below). With it the
+GEMM streams the weight in the order its micro-kernel reads and skips the per-call layout
+work; it is ahead of oneDNN on the plain weight from two rows up (``bench/dense_cpu.py``,
+``bench/results/dense_cpu.json``). A packed copy costs the weight's size in memory again (the
 plain parameter stays: state dicts, training, other paths read it).
 
 :func:`panel_pack` gives an fp32 weight in this project's panel layout (the native
@@ -67,8 +66,9 @@ def set_onednn(enabled: bool) -> None:
 
 
 def set_panel(enabled: bool) -> None:
-    """Allow (the default) or forbid panel-packed weights for few rows (:func:`packing`);
-    ``CASCADE_RT_PANEL=0`` forbids them from import."""
+    """Allow (the default) or forbid panel-packed weights for fp32 CPU dense layers
+    (:func:`packing`; oneDNN's packing takes their place); ``CASCADE_RT_PANEL=0`` forbids them
+    from import. Tiers pick the change up on their next forward."""
     global _panel_enabled
     _panel_enabled = bool(enabled)
 
