@@ -58,3 +58,41 @@ def test_bad_logs_are_named(tmp_path):
     log.write_text(_line(0, None, 0.8, 0.8, 0.2) + "\n")
     with pytest.raises(ValueError, match="no cascade point at target 3"):
         m.summarise(m.load(log), target=3.0)
+
+
+def test_default_margin_rule():
+    import torch
+
+    from cascade_rt.train import TrainConfig, dao_loss, dao_margin
+
+    assert dao_margin(2) == pytest.approx(0.2)
+    assert dao_margin(3) == pytest.approx(0.4 * 2 / 3)
+    assert dao_margin(10) == pytest.approx(0.36)
+    assert dao_margin(5) < 1 - 1 / 5  # always a margin that a pair can meet
+    for bad in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="num_labels"):
+            dao_margin(bad)
+    assert TrainConfig().margin is None
+    # margin=None in the loss is the rule applied to the logits' label count
+    g = torch.Generator().manual_seed(0)
+    for c in (2, 3, 7):
+        logits = torch.randn(9, c, generator=g)
+        labels = torch.randint(c, (9,), generator=g)
+        easy = torch.tensor([True, False] * 4 + [True])
+        got = dao_loss(logits, labels, easy, None, 0.5, torch.Generator().manual_seed(1))
+        want = dao_loss(logits, labels, easy, dao_margin(c), 0.5, torch.Generator().manual_seed(1))
+        other = dao_loss(logits, labels, easy, 0.5, 0.5, torch.Generator().manual_seed(1))
+        assert got[2].item() == want[2].item()
+        assert got[2].item() != other[2].item()
+
+
+def test_cli_defaults_resolve_to_the_rule():
+    import argparse
+
+    from cascade_rt import demo
+    from cascade_rt.train import cli
+
+    for mod in (demo, cli):
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        assert p.get_default("margin") is None, mod.__name__
