@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="train with the difficulty-aware objective (difficulty labels: --folds-fold held-out "
                         "predictions of the same recipe without DAO, cached in --difficulty-cache)")
     p.add_argument("--folds", type=int, default=2)
-    p.add_argument("--margin", type=float, default=None,
-                   help="DAO ranking margin (default: cascade_rt.train.dao_margin of the label count, "
-                        "0.2 for two labels)")
+    p.add_argument("--margin", type=float, default=0.5)
     p.add_argument("--lam", type=float, default=0.5)
     p.add_argument("--pairs", choices=("sampled", "all"), default="sampled", help="DAO ranking pairs (see dao_loss)")
     p.add_argument("--difficulty-cache", default=None,
@@ -74,15 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rt.evaluate import dis, search_thresholds, simulate_exits, tier_row_costs
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
-    from cascade_rt.train import TrainConfig, dao_margin, difficulty_labels, encode, finetune, predict_probs
+    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs
 
     if args.threads:
         torch.set_num_threads(args.threads)
     src = shipped_minilm_dir()
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
     splits = load_dataset(args.data, seed=args.seed if args.split_seed is None else args.split_seed)
-    if args.margin is None:
-        args.margin = dao_margin(splits.num_labels)
     tr, dv, te = (encode(tok, getattr(splits, s), 64) for s in ("train", "dev", "test"))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16,

@@ -67,9 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "about 1.5x faster there at the same accuracy)")
     p.add_argument("--folds", type=int, default=2,
                    help="folds for the difficulty labels (each fold model trains on the other folds)")
-    p.add_argument("--margin", type=float, default=None,
-                   help="DAO ranking margin (default: cascade_rt.train.dao_margin of the label count, 0.2 for "
-                        "two labels; the committed demo results were made with the earlier default 0.5)")
+    p.add_argument("--margin", type=float, default=0.5)
     p.add_argument("--lam", type=float, default=0.5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds: each trains and evaluates every model once; the split stays fixed "
@@ -131,10 +129,6 @@ def run(args) -> int:
         raise SystemExit(f"--singles: depths must be in 1..{args.large_layers - 1} (below the final tier), got {bad}")
     src = shipped_minilm_dir()
     splits = load_dataset(args.data, seed=args.split_seed)
-    if args.margin is None:
-        from .train import dao_margin
-
-        args.margin = dao_margin(splits.num_labels)
     if args.limit:
         splits.train, splits.dev, splits.test = (x[: args.limit] for x in (splits.train, splits.dev, splits.test))
     print(splits.describe())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Encoded", "encode", "batches", "dao_loss", "dao_margin", "TrainConfig", "finetune", "predict_probs",
+__all__ = ["Encoded", "encode", "batches", "dao_loss", "TrainConfig", "finetune", "predict_probs",
            "difficulty_labels", "native_bf16"]
 
 
@@ -79,29 +79,11 @@ def batches(lengths: Sequence[int], batch_size: int, seed: int | None) -> list[l
     return out
 
 
-#: the default DAO ranking margin as a share of the range of max-softmax confidence, which
-#: lies in [1/C, 1] for C labels: ``dao_margin(2) == 0.2``. Chosen on the movie snippets' dev
-#: split (``bench/dao_margin.py``, ``bench/results/dao_margin_movies.txt``; 2 labels, 3 seeds):
-#: margin 0.2 raised the 2-tier cascade's dev accuracy at 2x in every seed (+0.38 points on
-#: mean) at the same mean small-tier accuracy, while 0.5 (the earlier default, which two labels
-#: can never meet) cost 1.4 points of small-tier and 1.1 of cascade accuracy. Scaling with the
-#: range for other label counts is an assumption, not measured.
-DAO_MARGIN_SHARE = 0.4
-
-
-def dao_margin(num_labels: int) -> float:
-    """The default DAO ranking margin for ``num_labels`` classes:
-    ``DAO_MARGIN_SHARE * (1 - 1 / num_labels)``, a fixed share of the confidence range."""
-    if int(num_labels) != num_labels or num_labels < 2:
-        raise ValueError(f"dao_margin: num_labels must be an integer >= 2, got {num_labels!r}")
-    return DAO_MARGIN_SHARE * (1.0 - 1.0 / num_labels)
-
-
 def dao_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     easy: torch.Tensor,
-    margin: float | None = None,
+    margin: float = 0.5,
     lam: float = 0.5,
     generator: torch.Generator | None = None,
     pairs: str = "sampled",
@@ -111,16 +93,13 @@ def dao_loss(
     ``pairs="sampled"``: each easy row of the batch is paired with a hard row drawn uniformly
     (with replacement) from the batch's hard rows; ``pairs="all"``: every (easy, hard) pair of
     the batch. The ranking term is ``mean(max(0, margin - (conf_easy - conf_hard)))`` over
-    those pairs (0 when the batch has no easy or no hard row). ``margin=None``:
-    :func:`dao_margin` of the label count (``logits``' last dimension).
+    those pairs (0 when the batch has no easy or no hard row).
 
     Args:
         logits: (B, C) float.  labels: (B,) int64.  easy: (B,) bool.
     Returns:
         (total, cross_entropy, ranking) scalar tensors.
     """
-    if margin is None:
-        margin = dao_margin(logits.shape[-1])
     ce = F.cross_entropy(logits, labels)
     conf = torch.softmax(logits.float(), -1).amax(-1)
     easy_idx = torch.nonzero(easy, as_tuple=True)[0]
@@ -146,8 +125,7 @@ class TrainConfig:
     warmup: float = 0.06
     seed: int = 0
     dao: bool = False
-    #: DAO ranking margin; None: :func:`dao_margin` of the label count
-    margin: float | None = None
+    margin: float = 0.5
     lam: float = 0.5
     #: DAO ranking pairs per batch: "sampled" (one random hard row per easy row) or "all"
     dao_pairs: str = "sampled"

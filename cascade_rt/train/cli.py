@@ -25,9 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dao", action="store_true", help="train with the difficulty-aware objective")
     p.add_argument("--no-dao", dest="dao", action="store_false", help="plain cross-entropy (default)")
-    p.add_argument("--margin", type=float, default=None,
-                   help="DAO ranking margin (default: cascade_rt.train.dao_margin of the label count, "
-                        "0.2 for two labels)")
+    p.add_argument("--margin", type=float, default=0.5)
     p.add_argument("--lam", type=float, default=0.5)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--difficulty-seeds", type=int, nargs="+", default=[0])
@@ -47,12 +45,10 @@ def run(args) -> int:
     from ..checkpoint import read_config
     from ..data import load_dataset
     from ..paths import shipped_minilm_dir
-    from . import TrainConfig, dao_margin, difficulty_labels, encode, finetune
+    from . import TrainConfig, difficulty_labels, encode, finetune
 
     torch.set_num_threads(os.cpu_count() or 1)
     splits = load_dataset(args.data, seed=args.seed)
-    if args.margin is None:
-        args.margin = dao_margin(splits.num_labels)
     print(splits.describe())
     init = Path(args.init) if args.init else shipped_minilm_dir()
     out = Path(args.out)
