@@ -44,7 +44,8 @@ def cascade_accuracy(r: dict, target: float) -> float:
     for p in r.get("cascade", []):
         if abs(p["target"] - target) < 1e-9:
             return p["dev_accuracy"]
-    raise ValueError(f"seed {r['recipe']['seed']}: no cascade point at target {target} (run with --large and --targets)")
+    raise ValueError(f"seed {r['recipe']['seed']}: no cascade point at target {target} "
+                     "(run with --large and --targets)")
 
 
 def summarise(runs: dict, target: float = 2.0) -> tuple[list[dict], str]:
