@@ -15,6 +15,12 @@ were chosen with this script, e.g.::
     .venv/bin/python bench/tier_recipe.py --layers 2 --epochs 2 --bf16 --large /tmp/r/l6
     .venv/bin/python bench/tier_recipe.py --layers 2 --epochs 2 --bf16 --train-word-embeddings --large /tmp/r/l6
 
+With difficulty labels (``--dao``, or ``--difficulty-cache`` alone for a no-DAO tier) the line
+also gives ``dev_dis``, the tier's difficulty inversion score on dev (share of (easy, hard)
+dev pairs whose max-probabilities are inverted; lower is better), so DAO and no-DAO tiers of
+one seed are compared on the same labels; the cascade's dev accuracy at 2x is the
+``cascade`` point with ``target`` 2.0.
+
 Results append to ``--log`` (default ``bench/results/tier_recipe.jsonl``).
 """
 from __future__ import annotations
@@ -47,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=0.5)
     p.add_argument("--lam", type=float, default=0.5)
     p.add_argument("--pairs", choices=("sampled", "all"), default="sampled", help="DAO ranking pairs (see dao_loss)")
-    p.add_argument("--difficulty-cache", default=None, help="JSON file for the difficulty labels (reused when there)")
+    p.add_argument("--difficulty-cache", default=None,
+                   help="JSON file for the difficulty labels (reused when there); given without --dao, the "
+                        "labels are computed (or read) too and the no-DAO tier's dev DIS is reported against them")
     p.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -80,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         init = Path(tmp) / "init"
         make_classifier_checkpoint(src, init, num_labels=splits.num_labels, num_layers=args.layers, seed=args.seed)
         out = Path(args.out) if args.out else Path(tmp) / "tier"
-        if args.dao:
+        if args.dao or args.difficulty_cache:
+            # the same labels serve a DAO tier's training and, for DAO or not, its dev DIS
             t0 = time.perf_counter()
             diff = difficulty_labels(init, tr, cfg, folds=args.folds, extra={"dev": dv}, quiet=True,
                                      cache=Path(args.difficulty_cache) if args.difficulty_cache else None)
             label_s = time.perf_counter() - t0
-            cfg.dao = True
+            cfg.dao = args.dao
         t0 = time.perf_counter()
-        finetune(init, tr, out, cfg, easy=diff["easy"] if diff else None, quiet=True)
+        finetune(init, tr, out, cfg, easy=diff["easy"] if args.dao else None, quiet=True)
         train_s = time.perf_counter() - t0
         tier = Tier.from_pretrained(out)
     p_dv = predict_probs(tier, dv)

@@ -1,0 +1,68 @@
+"""bench/tier_recipe.py on a tiny CSV: a no-DAO tier reports its dev DIS on the difficulty
+labels it was given, and those labels do not change how it trains."""
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("tier_recipe", ROOT / "bench" / "tier_recipe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_csv(path: Path) -> Path:
+    good = ["a good film", "great acting and a fine story", "i loved it", "warm and funny", "a gem"]
+    bad = ["a bad film", "dull and far too long", "i hated it", "cold and flat", "a mess"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(60):
+            w.writerow([f"{good[i % 5]} {i}", 1] if i % 2 else [f"{bad[i % 5]} {i}", 0])
+    return path
+
+
+def test_no_dao_tier_reports_dis_on_cached_labels(tmp_path):
+    main = _recipe().main
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    common = ["--data", str(data), "--layers", "1", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+              "--seed", "0", "--split-seed", "0", "--log", str(tmp_path / "log.jsonl")]
+    cache = tmp_path / "diff.json"
+    assert main(common + ["--difficulty-cache", str(cache), "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b")]) == 0
+    with_labels, plain = (json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines())
+    labels = json.loads(cache.read_text())
+    easy_dv = labels["extra"]["dev"]["easy"]
+    assert 0 < sum(easy_dv) < len(easy_dv), "the tiny dev split needs easy and hard rows"
+    assert with_labels["difficulty"]["train_rows"] == len(labels["easy"])
+    assert with_labels["dev_dis"] is not None and 0.0 <= with_labels["dev_dis"] <= 1.0
+    assert "dev_dis" not in plain
+    # the labels only measure a no-DAO tier: it trains exactly as without them (same weights)
+    wa, wb = (load_file(tmp_path / d / "model.safetensors") for d in ("a", "b"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert with_labels["dev_accuracy"] == plain["dev_accuracy"]
+    assert with_labels["recipe"]["dao"] is False
+
+
+def test_dao_run_reads_the_cached_labels(tmp_path):
+    main = _recipe().main
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    cache = tmp_path / "diff.json"
+    common = ["--data", str(data), "--layers", "1", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+              "--difficulty-cache", str(cache), "--log", str(tmp_path / "log.jsonl")]
+    assert main(common) == 0
+    # a DAO run with a very different margin reuses the same labels (so the same easy count)
+    assert main(common + ["--dao", "--margin", "0.05"]) == 0
+    a, b = (json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines())
+    assert a["difficulty"]["easy_train"] == b["difficulty"]["easy_train"]
+    assert b["recipe"]["dao"] is True and b["recipe"]["margin"] == pytest.approx(0.05)
+    assert b["dev_dis"] is not None
