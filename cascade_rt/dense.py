@@ -79,8 +79,9 @@ def panel_enabled() -> bool:
 
 
 def panel_width() -> int:
-    """Output columns per panel of :func:`panel_pack` on this CPU (32 with AVX-512, 16 with
-    AVX2 and FMA), 0 where the panel kernel is not offered (no such CPU, no native build)."""
+    """Output columns per panel of :func:`panel_pack` in this process: 32 with AVX-512; 16 with
+    ``CASCADE_RT_PANEL_ISA=avx2`` on a CPU with AVX2 and FMA (opt-in: those tiles trail oneDNN's
+    AVX2 GEMM from 32 rows up); 0 where the panel kernel is not offered (no native build)."""
     global _panel_width
     if _panel_width is None:
         try:
@@ -97,7 +98,7 @@ _panel_width: int | None = None
 
 def packing(device_type: str, dtype: torch.dtype) -> str:
     """The dense-weight layout for this device type and dtype, the same for every row count:
-    ``"panel"`` (:func:`panel_pack`: fp32 on a CPU with AVX2 or AVX-512, the native build, not
+    ``"panel"`` (:func:`panel_pack`: fp32 where :func:`panel_width` offers panels, not
     turned off by :func:`set_panel`), else ``"onednn"`` (:func:`prepack`) or ``"plain"``."""
     if device_type == "cpu" and dtype == torch.float32 and _panel_enabled and panel_width() > 0:
         return "panel"
@@ -110,8 +111,8 @@ def panel_pack(weight: torch.Tensor) -> torch.Tensor:
     weight changes). Raises ``ValueError`` where the panel kernel is not offered."""
     width = panel_width()
     if width == 0 or weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
-        raise ValueError(f"panel_pack: needs a (N, K) float32 CPU weight on a CPU with AVX2 or AVX-512 and the "
-                         f"native build (panel width {width}); got {weight.dtype} {tuple(weight.shape)} on "
+        raise ValueError(f"panel_pack: needs a (N, K) float32 CPU weight where the panel kernel is offered "
+                         f"(panel width {width}); got {weight.dtype} {tuple(weight.shape)} on "
                          f"{weight.device}")
     with torch.no_grad():
         return torch.ops.cascade_rt.panel_pack(weight.detach())

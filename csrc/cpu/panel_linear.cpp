@@ -16,8 +16,8 @@
 // operations (bias, then k = 0, 1, ... by FMA) whatever M, the chunking or the thread count,
 // so a row's result does not depend on the batch it came in.
 //
-// NR is 32 (two zmm) with AVX-512, 16 (two ymm) with AVX2 and FMA; without those the packed
-// layout is not offered (panel_width() == 0) and callers keep another path.
+// NR is 32 (two zmm) with AVX-512, 16 (two ymm) with AVX2 and FMA (opt-in, see panel_width);
+// where the layout is not offered (panel_width() == 0) callers keep oneDNN.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -215,21 +215,24 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, 
                                                    int64_t K, const float* bias, float* c,
                                                    int64_t ldc, int ncols, bool first, bool last,
                                                    const float* pf) {
-  alignas(32) float buf[16] = {0};
+  // lanes below ncols (masked loads and stores never touch memory past the last column)
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - 8), lane);
   __m256 acc0[MR], acc1[MR];
   if (first) {
-    if (bias) std::memcpy(buf, bias, sizeof(float) * (size_t)ncols);
-    const __m256 z0 = _mm256_load_ps(buf), z1 = _mm256_load_ps(buf + 8);
+    const __m256 z0 = bias ? _mm256_maskload_ps(bias, m0) : _mm256_setzero_ps();
+    const __m256 z1 = bias ? _mm256_maskload_ps(bias + 8, m1) : _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       acc0[r] = z0;
       acc1[r] = z1;
     }
   } else {
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      std::memcpy(buf, c + r * ldc, sizeof(float) * (size_t)ncols);
-      acc0[r] = _mm256_load_ps(buf);
-      acc1[r] = _mm256_load_ps(buf + 8);
+      acc0[r] = _mm256_maskload_ps(c + r * ldc, m0);
+      acc1[r] = _mm256_maskload_ps(c + r * ldc + 8, m1);
     }
   }
   for (int64_t k = 0; k < K; ++k) {
@@ -250,18 +253,10 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, 
       acc1[r] = act256<ACT>(acc1[r]);
     }
   }
-  if (ncols == 16) {
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      _mm256_storeu_ps(c + r * ldc, acc0[r]);
-      _mm256_storeu_ps(c + r * ldc + 8, acc1[r]);
-    }
-  } else {
-    for (int r = 0; r < MR; ++r) {
-      _mm256_store_ps(buf, acc0[r]);
-      _mm256_store_ps(buf + 8, acc1[r]);
-      std::memcpy(c + r * ldc, buf, sizeof(float) * (size_t)ncols);
-    }
+  for (int r = 0; r < MR; ++r) {
+    _mm256_maskstore_ps(c + r * ldc, m0, acc0[r]);
+    _mm256_maskstore_ps(c + r * ldc + 8, m1, acc1[r]);
   }
 }
 
@@ -329,14 +324,16 @@ void panel_rows(const TileFn* tiles, int mr, const float* x, int64_t M, int64_t 
 
 int64_t panel_width() {
 #ifdef CASCADE_RT_PANEL_X86
-  // CASCADE_RT_PANEL_ISA=avx2 keeps an AVX-512 CPU on the AVX2 kernels (tests run both)
+  // AVX-512: offered. AVX2 only: not by default; its 6 x 16 tile ran at about half of oneDNN's
+  // AVX2 GEMM from 32 rows up (ONEDNN_MAX_CPU_ISA=AVX2, same machine), ahead only at 1-10
+  // rows. CASCADE_RT_PANEL_ISA=avx2 selects the AVX2 kernels wherever the CPU has AVX2 and
+  // FMA (on an AVX-512 CPU too: the tests run both).
   static const int64_t nr = [] {
     __builtin_cpu_init();
     const char* isa = std::getenv("CASCADE_RT_PANEL_ISA");
-    const bool avx2_only = isa != nullptr && std::string(isa) == "avx2";
-    if (__builtin_cpu_supports("avx512f") && !avx2_only) return (int64_t)32;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return (int64_t)16;
-    return (int64_t)0;
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa != nullptr && std::string(isa) == "avx2") return avx2 ? (int64_t)16 : (int64_t)0;
+    return __builtin_cpu_supports("avx512f") ? (int64_t)32 : (int64_t)0;
   }();
   return nr;
 #else
@@ -350,7 +347,8 @@ bool is_panel_weight(const at::Tensor& w) {
 
 at::Tensor panel_pack_cpu(const at::Tensor& weight) {
   const int64_t nr = panel_width();
-  TORCH_CHECK(nr > 0, "panel_pack: this CPU has neither AVX-512 nor AVX2 with FMA");
+  TORCH_CHECK(nr > 0, "panel_pack: panel kernels are not offered on this CPU (AVX-512, or AVX2 and FMA with "
+              "CASCADE_RT_PANEL_ISA=avx2)");
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
               "panel_pack: weight must be a (N, K) float32 CPU tensor, got ", weight.scalar_type(),
               " of shape ", weight.sizes());
