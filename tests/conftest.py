@@ -30,6 +30,18 @@ else:
     settings.register_profile("slow", max_examples=500, **_HYPOTHESIS_COMMON)
 
 
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (the benchmark scripts are not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def hypothesis_profile(slow: bool) -> str:
     """The profile a property test runs under: "slow" for the slow-marked run, else
     ``$CASCADE_RT_HYPOTHESIS`` or "ci"."""

@@ -1,6 +1,5 @@
 """What the benchmarks compare: bench/e2e_tier.py pads the HF baseline as users do
 (``padding=True``: to the batch's longest row) and its FLOPs ratios are those of that batch."""
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from cascade_rt import flops
+from conftest import load_bench
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -16,10 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def e2e_tier():
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_e2e_tier", BENCH / "e2e_tier.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
+        yield load_bench("e2e_tier")
     finally:
         sys.path.remove(str(BENCH))
 

@@ -1,10 +1,10 @@
 """bench/e2e_vs_ort.py runs end to end: export, ONNX Runtime's BERT fusion, logits agreement."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
 pytest.importorskip("onnxruntime")
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -12,9 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def test_e2e_vs_ort_quick(tmp_path):
     sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_e2e_vs_ort", BENCH / "e2e_vs_ort.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("e2e_vs_ort")
     assert mod.main(["--quick", "--no-plot", "--out-dir", str(tmp_path), "--threads", "1"]) == 0
     rec = json.loads((tmp_path / "e2e_vs_ort_cpu.json").read_text())
     # the optimizer fused the graph: otherwise the peer is not ONNX Runtime's BERT path

@@ -1,19 +1,14 @@
 """bench/dao_margin.py: paired differences per DAO margin against no-DAO on the same seed."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mod():
-    spec = importlib.util.spec_from_file_location("dao_margin", ROOT / "bench" / "dao_margin.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("dao_margin")
 
 
 def _line(seed, margin, acc, casc2, dis, lr=3e-4):

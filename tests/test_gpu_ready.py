@@ -413,12 +413,9 @@ def test_every_linear_tile_compiles_for_sm90(tmp_path):
 
 # -- bench/gpu_check.sh: ready to run on a GPU, refuses clearly elsewhere ------------------------
 def _load_bench(name):
-    import importlib.util
+    from conftest import load_bench
 
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench(name)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run for real")

@@ -1,22 +1,18 @@
 """bench/tier_recipe.py on a tiny CSV: a no-DAO tier reports its dev DIS on the difficulty
 labels it was given, and those labels do not change how it trains."""
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("tier_recipe", ROOT / "bench" / "tier_recipe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("tier_recipe")
 
 
 def _tiny_csv(path: Path) -> Path:
