@@ -201,6 +201,12 @@ def _rename(state_dict, renames: dict) -> None:
     state_dict.update(values)
 
 
+def _signature(params) -> tuple:
+    """What changes when any of ``params`` is updated in place (its version) or gets new
+    storage (its address): the key under which packed copies of them are kept."""
+    return tuple([v for p in params for v in (p._version, p.data_ptr())])
+
+
 class _CpuPlan:
     """A tier's CPU exact path (embeddings, encoder, exit head) with every per-call decision
     made once: the backend (native for all three ops, checked when built), the tensors
@@ -225,9 +231,10 @@ class _CpuPlan:
         self.zero_based = tier.family.position_ids is positions_from_zero
         self.head = (tier.bert.pooler.dense.weight, tier.bert.pooler.dense.bias, tier.classifier.weight,
                      tier.classifier.bias)
-        # the head's two GEMMs on panels (fp32, one path for every batch size); packed on first
-        # use and again when a head weight changes: (signature, storages held, weights)
-        self.head_panels = packing("cpu", tier.dtype) == "panel"
+        # the dense-weight layout for the tier's dtype; with panels the head's two GEMMs run on
+        # them too (one path for every batch size), packed on first use and again when a head
+        # weight changes: (signature, storages held, weights)
+        self.layout = packing("cpu", tier.dtype)
         self._head_packed: tuple | None = None
         self.args = (cfg.num_attention_heads, cfg.layer_norm_eps, tier._act_name)
 
@@ -272,16 +279,16 @@ class _CpuPlan:
         tier = self.tier
         x = self.embed_fn(input_ids, pos, token_type_ids if self.typed else None, word, pos_w, type_w, ln_w, ln_b,
                           self.args[1], None)
-        weights = tier.encoder_weights(packing(x.device.type, x.dtype))
+        weights = tier.encoder_weights(self.layout)
         return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args)
 
     def exit_head(self, cls_hidden, threshold: float):
         return self.head_fn(cls_hidden, *self._head_weights(), threshold, self.tier._head_act)
 
     def _head_weights(self) -> tuple:
-        if not self.head_panels:
+        if self.layout != "panel":
             return self.head
-        sig = tuple([v for p in self.head for v in (p._version, p.data_ptr())])
+        sig = _signature(self.head)
         got = self._head_packed
         if got is None or got[0] != sig:
             pw, pb, cw, cb = self.head
@@ -426,7 +433,7 @@ class Tier(nn.Module):
         return sources
 
     def _weights_signature(self) -> tuple:
-        return tuple([v for p in self._weight_sources() for v in (p._version, p.data_ptr())])
+        return _signature(self._weight_sources())
 
     def encoder_weights(self, layout: str = "plain", signature: tuple | None = None) -> list[torch.Tensor]:
         """The weight list :func:`cascade_rt.ops.encoder_layers` takes (12 tensors per layer).
