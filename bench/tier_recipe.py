@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--difficulty-cache", default=None,
                    help="JSON file for the difficulty labels (reused when there); given without --dao, the "
                         "labels are computed (or read) too and the no-DAO tier's dev DIS is reported against them")
+    p.add_argument("--min-steps", type=int, default=0, help="train at least this many optimizer steps")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of distillation from --teacher (default: --large) in the cross-entropy term")
+    p.add_argument("--teacher", default=None, help="a trained tier to distill from (default: --large)")
+    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
     p.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -82,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     tr, dv, te = (encode(tok, getattr(splits, s), 64) for s in ("train", "dev", "test"))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16,
-                      margin=args.margin, lam=args.lam, dao_pairs=args.pairs)
+                      margin=args.margin, lam=args.lam, dao_pairs=args.pairs, min_steps=args.min_steps,
+                      distill=args.distill, distill_temperature=args.temperature)
+    teacher = None
+    if args.distill > 0:
+        if not (args.teacher or args.large):
+            raise SystemExit("--distill needs --teacher or --large")
+        # log-probabilities serve as the teacher's logits (softmax is shift-invariant)
+        teacher = predict_probs(Tier.from_pretrained(args.teacher or args.large), tr).clamp_min(1e-12).log()
     diff = None
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
@@ -92,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             # the same labels serve a DAO tier's training and, for DAO or not, its dev DIS
             t0 = time.perf_counter()
             diff = difficulty_labels(init, tr, cfg, folds=args.folds, extra={"dev": dv}, quiet=True,
-                                     cache=Path(args.difficulty_cache) if args.difficulty_cache else None)
+                                     cache=Path(args.difficulty_cache) if args.difficulty_cache else None,
+                                     teacher_logits=teacher)
             label_s = time.perf_counter() - t0
             cfg.dao = args.dao
         t0 = time.perf_counter()
-        finetune(init, tr, out, cfg, easy=diff["easy"] if args.dao else None, quiet=True)
+        finetune(init, tr, out, cfg, easy=diff["easy"] if args.dao else None, quiet=True, teacher_logits=teacher)
         train_s = time.perf_counter() - t0
         tier = Tier.from_pretrained(out)
     p_dv = predict_probs(tier, dv)

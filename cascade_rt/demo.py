@@ -11,8 +11,8 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
    single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 6. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
    per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
-   measured speed-up (wall clock, each point timed interleaved with the 6-layer tier alone)
-   on test.
+   measured speed-up (wall clock; the points of one method timed together, interleaved
+   with the 6-layer tier alone) on test.
 Every step runs once per training seed (``--seeds``; the split stays fixed). Writes
 ``sweep.json`` (a list of points, each with its seed), ``sweep_seed<s>.json``,
 ``aggregate.json`` (mean and std per method and target; the goals of issue 14 per seed and over
@@ -42,6 +42,21 @@ from .paths import cache_dir, shipped_minilm_dir
 #: dev comparison of epoch counts on record (0.848 dev after two); it trains two as well.
 EPOCHS = 2.0
 
+#: every model trains at least this many optimizer steps (batches of 32), so a small data set
+#: gets more epochs: 2 epochs of the 2,888 amazon rows are 182 steps, of the movie snippets
+#: 530 (movies keep exactly 2 epochs). On amazon dev (``bench/tier_recipe.py``,
+#: ``bench/results/tier_recipe.jsonl``, seed 0) 500 steps against 2 epochs raised the 6-layer
+#: tier from 0.861 to 0.881 and the 2-layer one from 0.767 to 0.795.
+MIN_STEPS = 500
+
+#: weight of distillation from the trained final tier in the small models' loss: off, as it
+#: did not help on amazon dev (2-layer tier 0.784 with 0.5 at T=2 against 0.795 without, at
+#: 500 steps; ``bench/results/tier_recipe.jsonl``)
+DISTILL = 0.0
+
+#: models trained at once (worker processes); see ``cascade_rt.train.jobs``
+TRAIN_WORKERS = min(2, os.cpu_count() or 1)
+
 
 def _spread(point: dict) -> str:
     if "speedup_measured_min" not in point:
@@ -62,6 +77,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=EPOCHS, help="epochs of the final tier")
     p.add_argument("--small-epochs", type=float, default=EPOCHS,
                    help="epochs of the small tiers and of the difficulty-label fold models")
+    p.add_argument("--min-steps", type=int, default=MIN_STEPS,
+                   help="train every model at least this many optimizer steps (more epochs on small data)")
+    p.add_argument("--distill", type=float, default=DISTILL,
+                   help="weight in [0, 1] of distillation from the trained final tier in the loss of the small "
+                        "tiers, the single models and the difficulty-label fold models (0: labels only)")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="temperature of that distillation")
+    p.add_argument("--train-workers", type=int, default=TRAIN_WORKERS,
+                   help="models trained side by side, each in a process of its own with an equal share of "
+                        "--threads (1: one model at a time with every thread)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="train under bfloat16 autocast (auto: when the CPU has native bf16 matmuls; "
                         "about 1.5x faster there at the same accuracy)")
@@ -81,9 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(2, 3 and 4 layers for the default targets); none with --singles alone")
     p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
     p.add_argument("--timing-runs", type=int, default=3,
-                   help="timed passes over the test split per point, after one warm-up pass, interleaved "
-                        "with the final tier alone in alternating order; the point's measured speed-up is "
-                        "the median of the per-pass ratios (their spread is recorded)")
+                   help="timed rounds over the test split, after one warm-up round; a round runs the final "
+                        "tier alone once and every point of one method once, in an order that turns each "
+                        "round; a point's measured speed-up is the median of its per-round ratios (their "
+                        "spread is recorded)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -160,14 +185,18 @@ def run(args) -> int:
     meta = {"data": splits.name, "small_layers": sorted(args.small_layers), "large_layers": args.large_layers,
             "singles": singles, "max_len": args.max_len,
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
+            "min_steps": args.min_steps, "distill": args.distill, "distill_temperature": args.distill_temperature,
+            "train_workers": args.train_workers,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seeds": seeds, "split_seed": args.split_seed, "threads": torch.get_num_threads(),
             "train_rows": len(tr), "dev_rows": len(dv), "test_rows": len(te),
             "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
             "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None,
             "seconds_per_seed": seconds,
-            "timing": {"runs": args.timing_runs, "warmup": 1, "order": "alternating (baseline model, model baseline, ...)",
-                       "speedup_measured": "median over passes of final-tier seconds / method seconds; "
+            "timing": {"runs": args.timing_runs, "warmup": 1, "order": "turning by one each round",
+                       "grouping": "the points of one method (per target, or the single models) are timed "
+                                   "together: each round runs the final tier once and every point once",
+                       "speedup_measured": "median over rounds of final-tier seconds / method seconds; "
                                            "speedup_measured_min/max/all: the spread"}}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
     summary = {"aggregate": agg, "goals_per_seed": per_seed_goals, "goals": _goals_over_seeds(per_seed_goals)}
@@ -183,31 +212,76 @@ def run(args) -> int:
     return 0
 
 
+def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None):
+    """A training job: one tier (``easy_file``: difficulty labels for DAO; ``teacher_file``:
+    the teacher's logits for distillation), saved to ``out``."""
+    from .train import finetune
+
+    easy = json.loads(Path(easy_file).read_text())["easy"] if easy_file else None
+    teacher = torch.load(teacher_file) if teacher_file else None
+    finetune(init, data, out, cfg, easy=easy, quiet=True, teacher_logits=teacher)
+    return str(out)
+
+
+def _job_difficulty(init, data, cfg, folds, extra, cache, teacher_file=None):
+    """A training job: the difficulty labels (fold models), written to ``cache``."""
+    from .train import difficulty_labels
+
+    teacher = torch.load(teacher_file) if teacher_file else None
+    difficulty_labels(init, data, cfg, folds=folds, extra=extra, cache=cache, quiet=True, teacher_logits=teacher)
+    return str(cache)
+
+
+def _job_teacher(large, data, out):
+    """A job: the trained final tier's log-probabilities on the training rows (the teacher's
+    logits for distillation; softmax is shift-invariant), saved to ``out``."""
+    from .tier import Tier
+    from .train import predict_probs
+
+    logits = predict_probs(Tier.from_pretrained(large), data).clamp_min(1e-12).log()
+    torch.save(logits, out)
+    return str(out)
+
+
+def _job_exit_heads(large, data, seed, out):
+    """A training job: the early-exit baseline's heads on the frozen final tier, saved to ``out``."""
+    from .early_exit import EarlyExitBert, train_exit_heads
+    from .tier import Tier
+
+    backbone = Tier.from_pretrained(large)
+    EarlyExitBert(backbone, train_exit_heads(backbone, data, seed=seed)).save_pretrained(out)
+    return str(out)
+
+
 def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     """Train (or load from the cache) every model of one training seed and evaluate them:
     returns (sweep points, reliability data at the 2x target)."""
-    from .early_exit import EarlyExitBert, layer_cls_features, train_exit_heads
+    from .early_exit import EarlyExitBert, layer_cls_features
     from .evaluate import (dis, ece, f1_binary, row_costs, run_batches, search_thresholds, simulate_exits,
-                           tier_row_costs, timed_speedup)
+                           tier_row_costs, timed_speedups)
     from .tier import Tier
-    from .train import TrainConfig, collate, difficulty_labels, finetune, predict_probs
+    from .train import TrainConfig, collate, predict_probs
+    from .train.jobs import Job, run_jobs
 
     torch.manual_seed(seed)
     root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (
         f"{splits.name}_s{seed}_len{args.max_len}_e{args.epochs:g}_fw" + ("_bf16" if bf16 else "")
+        + (f"_ms{args.min_steps}" if args.min_steps else "")
         + (f"_split{args.split_seed}" if args.split_seed else "")
         + (f"_limit{args.limit}" if args.limit else ""))
     root.mkdir(parents=True, exist_ok=True)
     C = splits.num_labels
     small_layers = sorted(args.small_layers)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, seed=seed, margin=args.margin, lam=args.lam,
-                      bf16=bf16)
+                      bf16=bf16, min_steps=args.min_steps)
     # small tiers also train their word embeddings: most of a 2-layer tier's parameters, and
     # worth about 1.5 points of its dev accuracy here (0.795 -> 0.810 after 2 epochs,
     # bench/tier_recipe.py)
     small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr, "epochs": args.small_epochs,
-                               "freeze_word_embeddings": False})
-    stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we"
+                               "freeze_word_embeddings": False, "distill": args.distill,
+                               "distill_temperature": args.distill_temperature})
+    stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we" + (
+        f"_kd{args.distill:g}T{args.distill_temperature:g}" if args.distill else "")
 
     def base(n):
         d = root / f"init_l{n}"
@@ -215,40 +289,54 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
             make_classifier_checkpoint(src, d, num_labels=C, num_layers=n, seed=seed)
         return d
 
-    def trained(name, n, **kw):
+    # every model to train is a job; jobs run side by side in worker processes (--train-workers)
+    # once those they need are done, and each leaves its result on disk (the cache)
+    jobs: list[Job] = []
+
+    def job(name, fn, *a, deps=(), cost=1.0, **kw):
+        jobs.append(Job(name, fn, a, kw, tuple(x for x in deps if x in {j.name for j in jobs}), cost))
+
+    def tier_job(name, n, cfg_n, easy_file=None, deps=()):
         d = root / name
-        if not (d / "model.safetensors").is_file():
-            t = _step(f"fine-tuning {name} ({n} layer{'s' if n > 1 else ''}, {len(tr)} rows)")
-            base_cfg = cfg if n == L else small_cfg
-            finetune(base(n), tr, d, TrainConfig(**{**vars(base_cfg), **kw.get("over", {})}),
-                     easy=kw.get("easy"), desc=name, quiet=args.quiet)
-            print(f"  done in {time.perf_counter() - t:.0f} s")
-        else:
+        if (d / "model.safetensors").is_file():
             print(f"cached: {d}")
+        elif name not in {j.name for j in jobs}:
+            teach = teacher_file if n != L and args.distill else None
+            job(name, _job_finetune, base(n), tr, d, cfg_n, easy_file, teach,
+                deps=(*deps, *(["teacher"] if teach else [])), cost=2 + n)
         return d
 
     L = args.large_layers
-    large = trained(f"large_l{L}_lr{args.lr:g}", L)
-    t = _step(f"difficulty labels: {args.folds}-fold held-out predictions of the {small_layers[0]}-layer tier")
-    diff = difficulty_labels(base(small_layers[0]), tr, small_cfg, folds=args.folds, extra={"test": te, "dev": dv},
-                             cache=root / f"difficulty_l{small_layers[0]}_k{args.folds}_{stag}.json", quiet=args.quiet)
-    easy = diff["easy"]
-    print(f"  {sum(easy)} easy / {len(easy) - sum(easy)} hard training rows ({time.perf_counter() - t:.0f} s)")
+    large = tier_job(f"large_l{L}_lr{args.lr:g}", L, cfg)
+    teacher_file = root / f"teacher_{large.name}.pt"  # its log-probabilities on the training rows
+    if args.distill and not teacher_file.is_file():
+        job("teacher", _job_teacher, large, tr, teacher_file, deps=[large.name], cost=1)
+    diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{stag}.json"
+    if not diff_file.is_file():
+        job("difficulty", _job_difficulty, base(small_layers[0]), tr, small_cfg, args.folds, {"test": te, "dev": dv},
+            diff_file, teacher_file if args.distill else None, deps=["teacher"], cost=2 + small_layers[0])
     # the DAO tiers depend on the difficulty labels (folds) and the loss settings too
     dao_tag = f"dao_k{args.folds}_m{args.margin:g}_lam{args.lam:g}"
-    smalls_dao = [trained(f"small_l{n}_{stag}_{dao_tag}", n, easy=easy, over={"dao": True}) for n in small_layers]
-    smalls_ce = [trained(f"small_l{n}_{stag}_ce", n) for n in small_layers]
+    dao_cfg = TrainConfig(**{**vars(small_cfg), "dao": True})
+    smalls_dao = [tier_job(f"small_l{n}_{stag}_{dao_tag}", n, dao_cfg, diff_file, deps=["difficulty"])
+                  for n in small_layers]
+    smalls_ce = [tier_job(f"small_l{n}_{stag}_ce", n, small_cfg) for n in small_layers]
     # single-model baselines: k layers trained alone with the small tiers' recipe; the same
     # name (so the same cache entry) as a no-DAO small tier of that depth, which is one
-    single_dirs = {k: trained(f"small_l{k}_{stag}_ce", k) for k in singles}
-
+    single_dirs = {k: tier_job(f"small_l{k}_{stag}_ce", k, small_cfg) for k in singles}
     ee_dir = root / f"early_exit_{large.name}"  # heads belong to this backbone
     if not (ee_dir / "exit_heads.safetensors").is_file():
-        t = _step(f"early-exit baseline: exit heads on the frozen {L}-layer backbone")
-        backbone = Tier.from_pretrained(large)
-        heads = train_exit_heads(backbone, tr, seed=seed)
-        EarlyExitBert(backbone, heads).save_pretrained(ee_dir)
-        print(f"  done in {time.perf_counter() - t:.0f} s")
+        job("early_exit_heads", _job_exit_heads, large, tr, seed, ee_dir, deps=[large.name], cost=1)
+    if jobs:
+        t = _step(f"training {len(jobs)} jobs ({', '.join(j.name for j in jobs)}) "
+                  f"in {min(args.train_workers, len(jobs))} worker(s)")
+        run_jobs(jobs, workers=min(args.train_workers, len(jobs)),
+                 threads=max(1, torch.get_num_threads() // max(1, args.train_workers)), log=print)
+        print(f"  trained in {time.perf_counter() - t:.0f} s")
+    diff = json.loads(diff_file.read_text())
+    easy = diff["easy"]
+    print(f"difficulty labels ({args.folds}-fold held-out predictions of the {small_layers[0]}-layer tier): "
+          f"{sum(easy)} easy / {len(easy) - sum(easy)} hard training rows")
     early = EarlyExitBert.from_pretrained(ee_dir)
     if args.train_only:
         return [], None
@@ -286,33 +374,42 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     print(f"{L}-layer tier alone: test accuracy {full_acc_te:.4f}")
     reliab = {"full": (full_conf, full_correct)}
 
-    def measure(method, model, stage_cfgs, ths, target, dis_conf):
-        """One sweep point: the model timed against the final tier alone (warm-up, then
-        interleaved passes in alternating order; the median ratio and its spread)."""
-        timed = timed_speedup(model, full_model, enc_te, args.batch, runs=args.timing_runs)
-        o = timed.pop("out")
-        pred = o["logits"].argmax(-1).numpy()
-        conf = o["confidence"].numpy()
-        exit_t = o["exit_tier"].numpy()
-        if method == "early_exit":
-            c = early.backbone.config
-            sp_an = (sum(flops.tier_flops(c, [n]) for n in te.lengths)
-                     / flops.early_exit_flops(c, te.lengths, exit_t.tolist()))
-        else:  # a single model: its cost against the final tier's, as a cascade where every row exits first
-            sp_an = flops.analytic_speedup(stage_cfgs, te.lengths, exit_t.tolist())
-        pt = {
-            "method": method, "thresholds": [float(t) for t in ths], "accuracy": float((pred == labels_te).mean()),
-            "ece": ece(conf, pred == labels_te), "dis": dis(dis_conf, easy_te),
-            "speedup_analytic": sp_an, "speedup_measured": timed["speedup"],
-            "speedup_measured_min": timed["speedup_min"], "speedup_measured_max": timed["speedup_max"],
-            "speedup_measured_all": timed["speedup_all"], "rows_per_tier": o["rows"].tolist(),
-            "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": target,
-            "seconds": timed["seconds"], "seconds_full": timed["seconds_baseline"], "seed": seed,
-        }
-        points.append(pt)
-        if target == 2.0:
-            reliab[method] = (conf, pred == labels_te)
-        return pt, exit_t
+    def measure(method, cases):
+        """Sweep points of one method, timed together against the final tier alone (a warm-up
+        round, then rounds that run the final tier once and every point once, in turning order;
+        per point the median of its per-round ratios and their spread). ``cases``: one dict per
+        point with ``model``, ``setup`` (called before each of its passes: sets the shared
+        model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``, ``dis_conf``."""
+        timed = timed_speedups({i: (c["model"], c["setup"]) for i, c in enumerate(cases)}, full_model,
+                               enc_te, args.batch, runs=args.timing_runs)
+        pts = []
+        for i, c in enumerate(cases):
+            t = timed[i]
+            o = t["out"]
+            pred = o["logits"].argmax(-1).numpy()
+            conf = o["confidence"].numpy()
+            exit_t = o["exit_tier"].numpy()
+            if method == "early_exit":
+                ec = early.backbone.config
+                sp_an = (sum(flops.tier_flops(ec, [n]) for n in te.lengths)
+                         / flops.early_exit_flops(ec, te.lengths, exit_t.tolist()))
+            else:  # a single model: its cost against the final tier's, as a cascade where every row exits first
+                sp_an = flops.analytic_speedup(c["stage_cfgs"], te.lengths, exit_t.tolist())
+            pt = {
+                "method": method, "thresholds": [float(x) for x in c["ths"]],
+                "accuracy": float((pred == labels_te).mean()),
+                "ece": ece(conf, pred == labels_te), "dis": dis(c["dis_conf"], easy_te),
+                "speedup_analytic": sp_an, "speedup_measured": t["speedup"],
+                "speedup_measured_min": t["speedup_min"], "speedup_measured_max": t["speedup_max"],
+                "speedup_measured_all": t["speedup_all"], "rows_per_tier": o["rows"].tolist(),
+                "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": c["target"],
+                "seconds": t["seconds"], "seconds_full": t["seconds_baseline"], "seed": seed,
+            }
+            points.append(pt)
+            pts.append((pt, exit_t))
+            if c["target"] == 2.0:
+                reliab[method] = (conf, pred == labels_te)
+        return pts
 
     methods = {"cascade": smalls_dao, "cascade_no_dao": smalls_ce}
     for method, smalls in methods.items():
@@ -320,25 +417,31 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
         stage_cfgs = [cfgs[d] for d in dirs]
         cum_dv = tier_row_costs(stage_cfgs, dv.lengths)
         model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls)).eval()
+        cases = []
         for target in args.targets:
             ths, _, _ = search_thresholds([probs[d][0] for d in dirs], labels_dv, cum_dv, full_dv,
                                           target_speedup=target)
-            model.set_thresholds(ths)
-            pt, exit_t = measure(method, model, stage_cfgs, ths, target, probs[dirs[0]][1].amax(-1).numpy())
-            sim_stage, _, _ = simulate_exits([probs[d][1] for d in dirs], ths)
+            cases.append({"model": model, "setup": lambda ths=ths: model.set_thresholds(ths), "ths": ths,
+                          "target": target, "stage_cfgs": stage_cfgs,
+                          "dis_conf": probs[dirs[0]][1].amax(-1).numpy()})
+        for c, (pt, exit_t) in zip(cases, measure(method, cases)):
+            sim_stage, _, _ = simulate_exits([probs[d][1] for d in dirs], c["ths"])
             pt["exit_agreement_with_simulation"] = float((sim_stage == exit_t).mean())
 
     cum_ee_dv = ee_costs(dv.lengths)
+    cases = []
     for target in args.targets:
         # the same search as the cascade's: one threshold per exit layer, chosen on dev
         ths, _, _ = search_thresholds(ee_probs["dev"], labels_dv, cum_ee_dv, full_dv, target_speedup=target)
-        early.threshold = ths
-        measure("early_exit", early, None, ths, target, ee_probs["test"][0].amax(-1).numpy())
+        cases.append({"model": early, "setup": lambda ths=ths: setattr(early, "threshold", ths), "ths": ths,
+                      "target": target, "stage_cfgs": None, "dis_conf": ee_probs["test"][0].amax(-1).numpy()})
+    measure("early_exit", cases)
 
-    for k, d in single_dirs.items():
-        # a k-layer model alone: a one-tier cascade, timed like every other point
-        pt, _ = measure("single", CascadeBert([tiers[d]], []).eval(), [cfgs[d], cfgs[large]], [], None,
-                        probs[d][1].amax(-1).numpy())
+    # each k-layer model alone: a one-tier cascade, timed like every other point
+    cases = [{"model": CascadeBert([tiers[d]], []).eval(), "setup": None, "ths": [], "target": None,
+              "stage_cfgs": [cfgs[d], cfgs[large]], "dis_conf": probs[d][1].amax(-1).numpy()}
+             for d in single_dirs.values()]
+    for k, (pt, _) in zip(single_dirs, measure("single", cases) if cases else []):
         pt["layers"] = k
     return points, reliab
 

@@ -40,7 +40,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 1000
     assert "rows per tier" in res.stdout and "mean+-std over 2 seeds" in res.stdout
     # per seed: the 1-layer tier with DAO and without, and nothing else of 1 layer (the single reuses it)
-    assert res.stdout.count("(1 layer, 32 rows)") == 4
+    started = [x for x in res.stdout.splitlines() if x.endswith("started (1 thread)") or ": started" in x]
+    assert sum("small_l1_" in x for x in started) == 4
+    assert sum("large_l2_" in x for x in started) == 2
 
 
 def _pt(method, acc, sp, seed=0, target=None, layers=None):

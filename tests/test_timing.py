@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cascade_rt import timing
-from cascade_rt.evaluate import timed_speedup
+from cascade_rt.evaluate import timed_speedup, timed_speedups
 
 
 class FakeClock:
@@ -87,3 +87,28 @@ def test_timed_speedup_is_the_median_ratio_with_spread(clock):
     assert (r["speedup_min"], r["speedup_max"]) == (1.5, 4.0)
     assert r["seconds"] == 1.0 and r["seconds_baseline"] == 3.0 and r["warmup"] == 1 and r["runs"] == 3
     assert r["out"]["exit_tier"].shape == (4,)
+
+
+def test_timed_speedups_run_the_baseline_once_per_round(clock):
+    """Several cases timed together: the baseline runs once per round, the order turns each
+    round, each case's setup runs before each of its passes, and each ratio pairs a case's pass
+    with the same round's baseline pass."""
+    enc = {"input_ids": torch.ones(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3, dtype=torch.long)}
+    base = _Model(clock, "base", [50.0, 6.0, 8.0])
+    shared = _Model(clock, "shared", [50.0, 50.0, 2.0, 3.0, 4.0, 1.0])
+    other = _Model(clock, "other", [50.0, 3.0, 2.0])
+    setups = []
+    cases = {"t1": (shared, lambda: setups.append("t1")), "t2": (shared, lambda: setups.append("t2")),
+             "other": other}
+    r = timed_speedups(cases, base, enc, batch=4, runs=2)
+    # warm-up round, then timed rounds turning by one: (base t1 t2 other), (t1 t2 other base)
+    assert clock.calls == ["base", "shared", "shared", "other",
+                           "base", "shared", "shared", "other",
+                           "shared", "shared", "other", "base"]
+    assert setups == ["t1", "t2"] * 3
+    assert r["t1"]["speedup_all"] == [3.0, 2.0] and r["t2"]["speedup_all"] == [2.0, 8.0]
+    assert r["other"]["speedup_all"] == [2.0, 4.0] and r["other"]["speedup"] == 3.0
+    assert all(x["seconds_baseline"] == 7.0 for x in r.values())
+    assert clock.calls.count("base") == 3  # warm-up + 2 rounds, not once per case
+    with pytest.raises(ValueError, match="at least one case"):
+        timed_speedups({}, base, enc, batch=4)

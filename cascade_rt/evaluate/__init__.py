@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 __all__ = ["accuracy", "f1_binary", "ece", "dis", "simulate_exits", "row_costs", "search_thresholds",
-           "reliability_bins", "tier_row_costs", "run_batches", "timed_against", "timed_speedup"]
+           "reliability_bins", "tier_row_costs", "run_batches", "timed_against", "timed_speedup", "timed_speedups"]
 
 
 def accuracy(pred, labels) -> float:
@@ -292,6 +292,53 @@ def run_batches(model, enc: dict, batch: int) -> dict:
     return res
 
 
+def timed_speedups(cases: dict, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1) -> dict:
+    """Measured speed-ups of several models (or one model in several settings) over ``baseline``
+    on the same rows (batches of ``batch``), timed together.
+
+    ``cases``: ``{name: model}`` or ``{name: (model, setup)}``, ``setup()`` being called
+    before each pass of that case (e.g. to set a shared cascade's thresholds). One untimed
+    warm-up round, then ``runs`` timed rounds; each round runs the baseline once and every
+    case once, the order turning by one each round (:func:`cascade_rt.timing.interleaved`),
+    so every case and the baseline see the same machine load within a round and none always
+    runs first. A case's speed-up is the median over rounds of ``baseline seconds / case
+    seconds`` of the same round; its min, max and every round's value are kept as the spread.
+    The baseline runs once per round however many cases there are.
+
+    Returns ``{name: {"speedup", "speedup_min", "speedup_max", "speedup_all", "seconds",
+    "seconds_baseline", "runs", "warmup", "out"}}``: seconds are medians over rounds, ``out``
+    the case's outputs (:func:`run_batches`, from its last pass).
+    """
+    from ..timing import interleaved, paired_ratio
+
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if not cases:
+        raise ValueError("timed_speedups needs at least one case")
+    keep: dict = {}
+    fns = {("baseline",): lambda: run_batches(baseline, enc, batch)}
+    device = None
+    for name, case in cases.items():
+        model, setup = case if isinstance(case, tuple) else (case, None)
+        device = device or getattr(model, "device", None)
+
+        def run_case(name=name, model=model, setup=setup):
+            if setup is not None:
+                setup()
+            keep[name] = run_batches(model, enc, batch)
+
+        fns[("case", name)] = run_case
+    t = interleaved(fns, device, warmup=warmup, runs=runs)
+    res = {}
+    for name in cases:
+        r = paired_ratio(t, ("baseline",), ("case", name))
+        res[name] = {"speedup": r["median"], "speedup_min": r["min"], "speedup_max": r["max"],
+                     "speedup_all": r["all"], "seconds": t[("case", name)]["median"],
+                     "seconds_baseline": t[("baseline",)]["median"], "runs": runs, "warmup": warmup,
+                     "out": keep[name]}
+    return res
+
+
 def timed_speedup(model, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1) -> dict:
     """Measured speed-up of ``model`` over ``baseline`` on the same rows (batches of ``batch``).
 
@@ -303,24 +350,9 @@ def timed_speedup(model, baseline, enc: dict, batch: int, runs: int = 3, warmup:
 
     Returns ``{"speedup", "speedup_min", "speedup_max", "speedup_all", "seconds",
     "seconds_baseline", "runs", "warmup", "out"}``: seconds are medians over rounds, ``out``
-    the model's outputs (:func:`run_batches`).
+    the model's outputs (:func:`run_batches`). :func:`timed_speedups` times several at once.
     """
-    from ..timing import interleaved, paired_ratio
-
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
-    keep = {}
-
-    def run_model():
-        keep["out"] = run_batches(model, enc, batch)
-
-    t = interleaved({"baseline": lambda: run_batches(baseline, enc, batch), "model": run_model},
-                    getattr(model, "device", None), warmup=warmup, runs=runs)
-    r = paired_ratio(t, "baseline", "model")
-    return {"speedup": r["median"], "speedup_min": r["min"], "speedup_max": r["max"],
-            "speedup_all": r["all"], "seconds": t["model"]["median"],
-            "seconds_baseline": t["baseline"]["median"], "runs": runs, "warmup": warmup,
-            "out": keep["out"]}
+    return timed_speedups({"model": model}, baseline, enc, batch, runs=runs, warmup=warmup)["model"]
 
 
 def timed_against(model, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1):

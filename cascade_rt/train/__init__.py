@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Encoded", "encode", "batches", "dao_loss", "TrainConfig", "finetune", "predict_probs",
-           "difficulty_labels", "native_bf16"]
+__all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "TrainConfig", "train_steps", "finetune",
+           "predict_probs", "difficulty_labels", "native_bf16"]
 
 
 @dataclass
@@ -134,8 +134,21 @@ class TrainConfig:
     #: 1.5 points of dev accuracy from training them (0.795 -> 0.810, ``bench/tier_recipe.py``);
     #: the 6-layer tier was not compared.
     freeze_word_embeddings: bool = True
+    #: when the word embeddings train, make only the rows of tokens that occur in the training
+    #: data a parameter (see :class:`_UsedRowsEmbedding`): the same AdamW result up to float
+    #: rounding, without a pass over the whole (vocab x hidden) table's gradient, moments and
+    #: norm every step (about a third of a 2-layer tier's step on a CPU)
+    used_rows_only: bool = True
     #: run the forward pass under bfloat16 autocast; the loss, weights and optimizer stay fp32
     bf16: bool = False
+    #: knowledge distillation from a trained teacher (``finetune(teacher_logits=...)``): the
+    #: loss's cross-entropy term becomes ``(1 - distill) * CE(labels) + distill * T^2 *
+    #: KL(softmax(teacher / T) || softmax(student / T))`` with ``T = distill_temperature``
+    distill: float = 0.0
+    distill_temperature: float = 2.0
+    #: train at least this many optimizer steps: on a small data set ``epochs`` is raised to
+    #: reach it (0: ``epochs`` alone decides)
+    min_steps: int = 0
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -155,31 +168,106 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+class _UsedRowsEmbedding(torch.nn.Module):
+    """Stands in for a word-embedding table while it trains: only the rows of ``used`` token ids
+    form the parameter ``weight``; ids are mapped to those rows.
+
+    Rows of tokens absent from the training data get a zero gradient in the full table, so
+    AdamW leaves their moments at zero and changes them only by weight decay, ``row *= 1 - lr *
+    weight_decay`` per step; :meth:`restore` applies that product once and writes the trained
+    rows back. The padding row (``padding_idx``) keeps its zero gradient here too.
+    """
+
+    def __init__(self, emb: torch.nn.Embedding, used: torch.Tensor):
+        super().__init__()
+        self.full = emb
+        emb.weight.requires_grad_(False)  # the table itself is not trained while this stands in
+        self.used = used
+        index = torch.full((emb.num_embeddings,), -1, dtype=torch.int64)
+        index[used] = torch.arange(len(used))
+        self.register_buffer("index", index, persistent=False)
+        # the caller includes the padding id in ``used``
+        self.pad = None if emb.padding_idx is None else int(index[emb.padding_idx])
+        self.weight = torch.nn.Parameter(emb.weight.detach()[used].clone())
+        self.decay = 1.0  # product of the weight-decay factors of the absent rows
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.index[ids]
+        if bool((rows < 0).any()):
+            raise ValueError("a token id outside the training data reached the training embedding")
+        return F.embedding(rows, self.weight, padding_idx=self.pad)
+
+    @torch.no_grad()
+    def restore(self) -> torch.nn.Embedding:
+        w = self.full.weight
+        absent = torch.ones(w.shape[0], dtype=torch.bool)
+        absent[self.used] = False
+        w[absent] *= self.decay
+        w[self.used] = self.weight.detach()
+        w.requires_grad_(True)
+        return self.full
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
+def train_steps(rows: int, cfg: TrainConfig) -> int:
+    """Optimizer steps of :func:`finetune` on ``rows`` training rows: ``cfg.epochs`` epochs of
+    batches of ``cfg.batch_size``, at least ``cfg.min_steps``."""
+    per_epoch = max(1, -(-rows // cfg.batch_size))
+    return max(1, int(math.ceil(cfg.epochs * per_epoch)), int(cfg.min_steps))
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, mean over rows (the T^2
+    keeps its gradient's scale independent of T)."""
+    t = float(temperature)
+    if not t > 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    target = torch.log_softmax(teacher_logits.float() / t, -1)
+    return F.kl_div(torch.log_softmax(logits.float() / t, -1), target, log_target=True,
+                    reduction="batchmean") * t * t
+
+
 def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[bool] | None = None,
-             desc: str = "train", quiet: bool = False, save: bool = True):
+             desc: str = "train", quiet: bool = False, save: bool = True,
+             teacher_logits: torch.Tensor | None = None):
     """Fine-tune a BERT sequence classifier on ``data``; returns the trained HF model.
 
     ``init_dir``: a ``BertForSequenceClassification`` directory. With ``cfg.dao`` the loss is
-    :func:`dao_loss` and ``easy`` (one bool per training row) is required.
+    :func:`dao_loss` and ``easy`` (one bool per training row) is required. With
+    ``cfg.distill > 0``, ``teacher_logits`` ((rows, labels) float: a trained model's logits, or
+    log-probabilities, on ``data``) is required and mixes :func:`distill_loss` into the
+    cross-entropy term.
     """
     from tqdm.auto import tqdm
     from transformers import BertForSequenceClassification
 
     if cfg.dao and easy is None:
         raise ValueError("DAO training needs difficulty labels (easy=...)")
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise ValueError(f"distill must be in [0, 1], got {cfg.distill}")
+    if cfg.distill > 0:
+        if teacher_logits is None:
+            raise ValueError("distillation (distill > 0) needs the teacher's logits on the training rows")
+        teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
+        if teacher_logits.dim() != 2 or teacher_logits.shape[0] != len(data):
+            raise ValueError(f"teacher_logits must be (rows, labels) = ({len(data)}, C), "
+                             f"got {tuple(teacher_logits.shape)}")
     _seed_all(cfg.seed)
     model = BertForSequenceClassification.from_pretrained(str(init_dir), attn_implementation="sdpa")
     model.train()
+    sub = None
     if cfg.freeze_word_embeddings:
         model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
-    n_batches = len(batches(data.lengths, cfg.batch_size, None))
-    steps = max(1, int(math.ceil(cfg.epochs * n_batches)))
+    elif cfg.used_rows_only:
+        emb = model.bert.embeddings.word_embeddings
+        used = sorted({i for row in data.ids for i in row} | ({emb.padding_idx} if emb.padding_idx is not None else set()))
+        sub = model.bert.embeddings.word_embeddings = _UsedRowsEmbedding(emb, torch.tensor(used, dtype=torch.int64))
+    steps = train_steps(len(data), cfg)
     no_decay = ("bias", "LayerNorm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
@@ -207,12 +295,17 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(**b).logits.float()
             if cfg.dao:
-                loss, _, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen, cfg.dao_pairs)
+                loss, ce, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen, cfg.dao_pairs)
             else:
-                loss = F.cross_entropy(logits, labels)
+                loss = ce = F.cross_entropy(logits, labels)
+            if cfg.distill > 0:
+                kd = distill_loss(logits, teacher_logits[idx], cfg.distill_temperature)
+                loss = loss + cfg.distill * (kd - ce)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+            if sub is not None:  # AdamW's weight decay on the rows no step touches
+                sub.decay *= 1.0 - opt.param_groups[0]["lr"] * cfg.weight_decay
             opt.step()
             sched.step()
             step += 1
@@ -223,6 +316,8 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             bar.update(1)
         epoch += 1
     bar.close()
+    if sub is not None:
+        model.bert.embeddings.word_embeddings = sub.restore()
     model.eval()
     if save:
         out_dir = Path(out_dir)
@@ -252,14 +347,18 @@ def predict_probs(model, data: Encoded, batch_size: int = 128) -> torch.Tensor:
 
 def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
                       seeds: Sequence[int] = (0,), extra: dict[str, Encoded] | None = None,
-                      cache: Path | None = None, quiet: bool = False) -> dict:
+                      cache: Path | None = None, quiet: bool = False,
+                      teacher_logits: torch.Tensor | None = None) -> dict:
     """Easy/hard labels from held-out predictions of the smallest tier.
 
     The training rows are cut into ``folds`` folds (per seed); a model trained on the other
     folds predicts each fold. A row's score is the fraction of its held-out predictions that
     are correct (one per seed); it is easy when that is >= 0.5. The fold models also predict
     every set in ``extra`` (never trained on), whose difficulty comes from the same models.
-    Cached as JSON at ``cache``.
+    A fold model trains as many epochs as ``cfg`` gives the tier on all of ``data`` (with
+    ``cfg.min_steps``, more than ``cfg.epochs`` on small data). Cached as JSON at ``cache``.
+    With ``cfg.distill > 0`` the fold models distill from
+    ``teacher_logits`` (on ``data``) like the tier they stand for.
 
     Returns ``{"score": [...], "easy": [...], "extra": {name: {"score", "easy"}}}``.
     """
@@ -271,6 +370,7 @@ def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
     extra = extra or {}
     extra_correct = {k: torch.zeros(len(v)) for k, v in extra.items()}
     runs = 0
+    epochs = train_steps(n, cfg) / max(1, -(-n // cfg.batch_size))
     for seed in seeds:
         order = list(range(n))
         random.Random(1000 + seed).shuffle(order)
@@ -278,9 +378,12 @@ def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
             held = order[f::folds]
             held_set = set(held)
             train_idx = [i for i in order if i not in held_set]
-            fold_cfg = TrainConfig(**{**vars(cfg), "seed": seed * 100 + f, "dao": False})
+            # a fold model makes as many passes over its rows as the tier over all rows
+            fold_cfg = TrainConfig(**{**vars(cfg), "seed": seed * 100 + f, "dao": False,
+                                      "epochs": epochs, "min_steps": 0})
             model = finetune(init_dir, data.subset(train_idx), None, fold_cfg,
-                             desc=f"difficulty seed {seed} fold {f + 1}/{folds}", quiet=quiet, save=False)
+                             desc=f"difficulty seed {seed} fold {f + 1}/{folds}", quiet=quiet, save=False,
+                             teacher_logits=None if teacher_logits is None else teacher_logits[train_idx])
             p = predict_probs(model, data.subset(held))
             correct[torch.tensor(held)] += (p.argmax(-1) == labels[held]).float()
             for k, v in extra.items():

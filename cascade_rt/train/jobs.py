@@ -1,0 +1,126 @@
+"""Training jobs with dependencies, run side by side in worker processes.
+
+On a CPU with few cores, fine-tuning small BERT models with every core on one model wastes
+much of the machine: a training step is many small GEMMs plus Python, autograd and optimizer
+work that does not split across threads. Several models trained at once, one process and
+``threads`` threads each, keep the cores busier. :func:`run_jobs` does that for a set of jobs
+whose results go to disk (a trained tier's directory, a difficulty-label file), starting each
+job once the jobs it depends on are done, longest (by ``cost``) first.
+
+A model's training depends only on its own seed and inputs, not on which worker runs it or
+when; the thread count a job runs with can change its last bits (floating-point reductions).
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Job", "run_jobs"]
+
+
+@dataclass
+class Job:
+    """``fn(*args, **kwargs)`` (a module-level function, so that it pickles), run after every
+    job named in ``deps``; ``cost`` (any unit) orders the ready jobs, largest first."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+    cost: float = 1.0
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _order_check(jobs: list[Job]) -> None:
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique, got {names}")
+    known = set(names)
+    for j in jobs:
+        missing = [d for d in j.deps if d not in known]
+        if missing:
+            raise ValueError(f"job {j.name!r} depends on unknown jobs {missing}")
+    done: set[str] = set()
+    todo = list(jobs)
+    while todo:  # a dependency cycle leaves jobs that never become ready
+        ready = [j for j in todo if set(j.deps) <= done]
+        if not ready:
+            raise ValueError(f"jobs {[j.name for j in todo]} depend on each other in a cycle")
+        done |= {j.name for j in ready}
+        todo = [j for j in todo if j.name not in done]
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
+             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run ``jobs`` respecting their ``deps``; returns ``{name: result}``.
+
+    ``workers <= 1``: in this process, in dependency order, with this process's threads.
+    Otherwise in ``workers`` spawned processes with ``threads`` threads each (default: this
+    machine's cores split among the workers). A job that raises stops the run: the jobs
+    already started finish, none is started after it, and its exception is raised here.
+    """
+    _order_check(jobs)
+    by_name = {j.name: j for j in jobs}
+    results: dict[str, Any] = {}
+    started: dict[str, float] = {}
+
+    def ready(pending):
+        out = [j for j in pending if set(j.deps) <= results.keys()]
+        return sorted(out, key=lambda j: -j.cost)
+
+    def note(msg):
+        if log is not None:
+            log(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+    pending = list(jobs)
+    if workers <= 1:
+        while pending:
+            j = ready(pending)[0]
+            pending.remove(j)
+            note(f"{j.name}: started")
+            t = time.perf_counter()
+            results[j.name] = j.fn(*j.args, **j.kwargs)
+            note(f"{j.name}: done in {time.perf_counter() - t:.0f} s")
+        return results
+
+    import multiprocessing as mp
+
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        running = {}
+        error = None
+        while pending or running:
+            if error is None:
+                for j in ready(pending)[: workers - len(running)]:
+                    pending.remove(j)
+                    started[j.name] = time.perf_counter()
+                    note(f"{j.name}: started ({threads} thread{'s' if threads > 1 else ''})")
+                    running[pool.submit(j.fn, *j.args, **j.kwargs)] = j.name
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                name = running.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    error = error or exc
+                    note(f"{name}: failed ({type(exc).__name__}: {exc})")
+                    continue
+                results[name] = fut.result()
+                note(f"{name}: done in {time.perf_counter() - started[name]:.0f} s")
+        if error is not None:
+            raise error
+    missing = [n for n in by_name if n not in results]
+    if missing:  # unreachable unless a dependency failed
+        raise RuntimeError(f"jobs not run: {missing}")
+    return results

@@ -1,0 +1,82 @@
+"""cascade_rt.train.jobs: training jobs with dependencies, inline or in worker processes."""
+import time
+from pathlib import Path
+
+import pytest
+
+from cascade_rt.train.jobs import Job, run_jobs
+
+
+def _write(path, needs=(), delay=0.0):
+    """Writes ``path`` after checking every file in ``needs`` exists (its dependencies ran)."""
+    missing = [n for n in needs if not Path(n).is_file()]
+    if missing:
+        raise AssertionError(f"ran before {missing}")
+    time.sleep(delay)
+    Path(path).write_text(str(time.time()))
+    return Path(path).name
+
+
+def _span(path, seconds):
+    """Sleeps ``seconds``; writes its start and end time to ``path``."""
+    start = time.time()
+    time.sleep(seconds)
+    Path(path).write_text(f"{start} {time.time()}")
+
+
+def _threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _fail(msg):
+    raise RuntimeError(msg)
+
+
+def _graph(tmp_path, delay=0.0):
+    f = {k: str(tmp_path / k) for k in "abcde"}
+    return f, [
+        Job("e", _write, (f["e"], [f["c"], f["d"]]), deps=("c", "d"), cost=9),  # listed first, runs last
+        Job("a", _write, (f["a"], [], delay), cost=1),
+        Job("b", _write, (f["b"], [], delay), cost=5),
+        Job("c", _write, (f["c"], [f["a"]]), deps=("a",)),
+        Job("d", _write, (f["d"], [f["a"], f["b"]]), deps=("a", "b")),
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jobs_run_after_their_dependencies(tmp_path, workers):
+    f, jobs = _graph(tmp_path)
+    lines = []
+    res = run_jobs(jobs, workers=workers, threads=1, log=lines.append)
+    assert res == {k: k for k in "abcde"}
+    assert all(Path(p).is_file() for p in f.values())
+    assert sum("done" in x for x in lines) == 5
+    if workers == 1:  # ready jobs by cost, largest first: b before a
+        assert [x.split("] ")[1].split(":")[0] for x in lines if "started" in x] == ["b", "a", "c", "d", "e"]
+
+
+def test_workers_run_side_by_side_with_their_threads(tmp_path):
+    f = [tmp_path / f"{i}" for i in range(2)]
+    run_jobs([Job(str(i), _span, (f[i], 2.0)) for i in range(2)], workers=2, threads=1, log=None)
+    (s0, e0), (s1, e1) = ([float(x) for x in p.read_text().split()] for p in f)
+    assert max(s0, s1) < min(e0, e1)  # the two jobs overlapped in time
+    assert run_jobs([Job("t", _threads)], workers=2, threads=1, log=None) == {"t": 1}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_job_stops_the_run(tmp_path, workers):
+    jobs = [Job("bad", _fail, ("no data",), cost=9), Job("after", _write, (str(tmp_path / "x"),), deps=("bad",))]
+    with pytest.raises(RuntimeError, match="no data"):
+        run_jobs(jobs, workers=workers, log=None)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_job_graphs_are_refused():
+    with pytest.raises(ValueError, match="unknown jobs"):
+        run_jobs([Job("a", _threads, deps=("z",))], log=None)
+    with pytest.raises(ValueError, match="cycle"):
+        run_jobs([Job("a", _threads, deps=("b",)), Job("b", _threads, deps=("a",))], log=None)
+    with pytest.raises(ValueError, match="unique"):
+        run_jobs([Job("a", _threads), Job("a", _threads)], log=None)
