@@ -149,6 +149,12 @@ def run(args) -> int:
         raise SystemExit(f"--seeds: each seed once, got {seeds}")
     singles = (default_singles(args.large_layers, args.targets) if args.singles is None
                else sorted(set(args.singles)))
+    if args.train_workers < 1:
+        raise SystemExit(f"--train-workers must be >= 1, got {args.train_workers}")
+    if not 0.0 <= args.distill <= 1.0:
+        raise SystemExit(f"--distill must be in [0, 1], got {args.distill}")
+    if args.min_steps < 0:
+        raise SystemExit(f"--min-steps must be >= 0, got {args.min_steps}")
     bad = [k for k in singles if not 1 <= k < args.large_layers]
     if bad:
         raise SystemExit(f"--singles: depths must be in 1..{args.large_layers - 1} (below the final tier), got {bad}")
@@ -161,7 +167,10 @@ def run(args) -> int:
     tr, dv, te = (encode(tok, getattr(splits, p), args.max_len) for p in ("train", "dev", "test"))
     print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16("cpu"))
-    print(f"training in {'bfloat16 autocast' if bf16 else 'float32'} on {torch.get_num_threads()} CPU threads")
+    workers = args.train_workers
+    print(f"training in {'bfloat16 autocast' if bf16 else 'float32'} on {torch.get_num_threads()} CPU threads"
+          + (f": {workers} models at a time, {max(1, torch.get_num_threads() // workers)} thread(s) each"
+             if workers > 1 else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     points, reliab, seconds = [], None, {}

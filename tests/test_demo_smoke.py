@@ -90,3 +90,15 @@ def test_goals_compare_at_measured_speedups():
     assert "cascade_no_dao" not in goals(pts)
     # early exit's points do not span the speed-up: no comparison rather than an extrapolated one
     assert goals([p for p in pts if p["speedup_measured"] != 2.5])["cascade"]["at_2x"]["above_early_exit"] is None
+
+
+@pytest.mark.parametrize("flag,value,msg", [
+    ("--train-workers", "0", "--train-workers must be >= 1"), ("--distill", "1.5", "--distill must be in"),
+    ("--min-steps", "-1", "--min-steps must be >= 0"), ("--singles", "6", "--singles: depths must be in")])
+def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
+    """Checked before any data is read or model trained: one error that names the setting."""
+    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", flag, value, "--out", str(tmp_path / "out"),
+           "--cache", str(tmp_path / "cache")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and msg in res.stderr
+    assert not (tmp_path / "cache").exists()
