@@ -62,3 +62,23 @@ def test_dao_run_reads_the_cached_labels(tmp_path):
     assert a["difficulty"]["easy_train"] == b["difficulty"]["easy_train"]
     assert b["recipe"]["dao"] is True and b["recipe"]["margin"] == pytest.approx(0.05)
     assert b["dev_dis"] is not None
+
+
+def test_distilled_run_with_a_step_floor(tmp_path):
+    """--distill trains from a teacher's probabilities on the training rows (here a tier of the
+    same recipe), --min-steps raises the steps; both are recorded; --distill needs a teacher."""
+    main = _recipe().main
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    common = ["--data", str(data), "--layers", "1", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+              "--log", str(tmp_path / "log.jsonl")]
+    assert main(common + ["--out", str(tmp_path / "teacher")]) == 0
+    assert main(common + ["--out", str(tmp_path / "kd"), "--teacher", str(tmp_path / "teacher"),
+                          "--distill", "0.5", "--min-steps", "12"]) == 0
+    plain, kd = (json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines())
+    assert kd["recipe"]["distill"] == 0.5 and kd["recipe"]["min_steps"] == 12
+    saved = json.loads((tmp_path / "kd" / "cascade_rt_train.json").read_text())
+    assert saved["distill"] == 0.5 and saved["min_steps"] == 12
+    wa, wb = (load_file(tmp_path / d / "model.safetensors") for d in ("teacher", "kd"))
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(SystemExit, match="--distill needs"):
+        main(common + ["--distill", "0.5"])
