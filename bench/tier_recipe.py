@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rt.evaluate import dis, search_thresholds, simulate_exits, tier_row_costs
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
-    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs
+    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_logits
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.distill > 0:
         if not (args.teacher or args.large):
             raise SystemExit("--distill needs --teacher or --large")
-        # log-probabilities serve as the teacher's logits (softmax is shift-invariant)
-        teacher = predict_probs(Tier.from_pretrained(args.teacher or args.large), tr).clamp_min(1e-12).log()
+        teacher = teacher_logits(Tier.from_pretrained(args.teacher or args.large), tr)
     diff = None
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"

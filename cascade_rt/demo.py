@@ -242,13 +242,12 @@ def _job_difficulty(init, data, cfg, folds, extra, cache, teacher_file=None):
 
 
 def _job_teacher(large, data, out):
-    """A job: the trained final tier's log-probabilities on the training rows (the teacher's
-    logits for distillation; softmax is shift-invariant), saved to ``out``."""
+    """A job: the trained final tier's logits for distillation on the training rows
+    (:func:`cascade_rt.train.teacher_logits`), saved to ``out``."""
     from .tier import Tier
-    from .train import predict_probs
+    from .train import teacher_logits
 
-    logits = predict_probs(Tier.from_pretrained(large), data).clamp_min(1e-12).log()
-    torch.save(logits, out)
+    torch.save(teacher_logits(Tier.from_pretrained(large), data), out)
     return str(out)
 
 
@@ -340,7 +339,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
         t = _step(f"training {len(jobs)} jobs ({', '.join(j.name for j in jobs)}) "
                   f"in {min(args.train_workers, len(jobs))} worker(s)")
         run_jobs(jobs, workers=min(args.train_workers, len(jobs)),
-                 threads=max(1, torch.get_num_threads() // max(1, args.train_workers)), log=print)
+                 threads=max(1, torch.get_num_threads() // args.train_workers), log=print)
         print(f"  trained in {time.perf_counter() - t:.0f} s")
     diff = json.loads(diff_file.read_text())
     easy = diff["easy"]

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "TrainConfig", "train_steps", "finetune",
+__all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "TrainConfig", "train_steps", "teacher_logits",
+           "finetune",
            "predict_probs", "difficulty_labels", "native_bf16"]
 
 
@@ -214,11 +215,20 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _batches_per_epoch(rows: int, batch_size: int) -> int:
+    return max(1, -(-rows // batch_size))
+
+
 def train_steps(rows: int, cfg: TrainConfig) -> int:
     """Optimizer steps of :func:`finetune` on ``rows`` training rows: ``cfg.epochs`` epochs of
     batches of ``cfg.batch_size``, at least ``cfg.min_steps``."""
-    per_epoch = max(1, -(-rows // cfg.batch_size))
-    return max(1, int(math.ceil(cfg.epochs * per_epoch)), int(cfg.min_steps))
+    return max(1, int(math.ceil(cfg.epochs * _batches_per_epoch(rows, cfg.batch_size))), int(cfg.min_steps))
+
+
+def teacher_logits(model, data: Encoded) -> torch.Tensor:
+    """A trained classifier's log-probabilities on ``data``: its logits for distillation up to a
+    per-row shift, which softmax ignores."""
+    return predict_probs(model, data).clamp_min(1e-12).log()
 
 
 def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -370,7 +380,7 @@ def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
     extra = extra or {}
     extra_correct = {k: torch.zeros(len(v)) for k, v in extra.items()}
     runs = 0
-    epochs = train_steps(n, cfg) / max(1, -(-n // cfg.batch_size))
+    epochs = train_steps(n, cfg) / _batches_per_epoch(n, cfg.batch_size)
     for seed in seeds:
         order = list(range(n))
         random.Random(1000 + seed).shuffle(order)
