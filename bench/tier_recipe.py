@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of distillation from --teacher (default: --large) in the cross-entropy term")
     p.add_argument("--teacher", default=None, help="a trained tier to distill from (default: --large)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    p.add_argument("--init-from", default=None,
+                   help="start from this trained classifier's first --layers layers, pooler and head "
+                        "(e.g. the trained final tier) instead of the shipped MiniLM's")
     p.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     diff = None
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
-        make_classifier_checkpoint(src, init, num_labels=splits.num_labels, num_layers=args.layers, seed=args.seed)
+        make_classifier_checkpoint(args.init_from or src, init, num_labels=splits.num_labels, num_layers=args.layers,
+                                   seed=args.seed, keep_classifier=bool(args.init_from))
         out = Path(args.out) if args.out else Path(tmp) / "tier"
         if args.dao or args.difficulty_cache:
             # the same labels serve a DAO tier's training and, for DAO or not, its dev DIS

@@ -188,12 +188,16 @@ def make_classifier_checkpoint(
     num_layers: int | None = None,
     seed: int = 0,
     init_std: float | None = None,
+    keep_classifier: bool = False,
 ) -> Path:
     """Turn a BERT encoder checkpoint (``BertModel``) into a sequence-classifier directory.
 
     Keeps the first ``num_layers`` layers (all by default), keeps the encoder's pooler if it
     has one, and adds a classifier ``(num_labels, hidden)`` initialised like Hugging Face does
     (normal, std ``initializer_range`` unless ``init_std`` is given; zero bias) from ``seed``.
+    With ``keep_classifier`` the source must be a sequence classifier with ``num_labels``
+    labels (e.g. a trained tier) and its classifier is kept instead: a trained tier's first
+    layers, pooler and head as the start of a smaller one.
     The tokenizer files are copied.
     Returns ``out_dir``.
     """
@@ -215,7 +219,7 @@ def make_classifier_checkpoint(
         if k.startswith("bert.encoder.layer."):
             if int(k.split(".")[3]) >= n:
                 continue
-        if k.startswith("classifier."):
+        if k.startswith("classifier.") and not keep_classifier:
             continue
         keep[k] = v
     hidden = int(cfg["hidden_size"])
@@ -225,8 +229,14 @@ def make_classifier_checkpoint(
         keep["bert.pooler.dense.weight"] = torch.randn(hidden, hidden, generator=g) * std
         keep["bert.pooler.dense.bias"] = torch.zeros(hidden)
     dtype = keep["bert.pooler.dense.weight"].dtype
-    keep["classifier.weight"] = (torch.randn(num_labels, hidden, generator=g) * std).to(dtype)
-    keep["classifier.bias"] = torch.zeros(num_labels, dtype=dtype)
+    if keep_classifier:
+        w = keep.get("classifier.weight")
+        if w is None or tuple(w.shape) != (num_labels, hidden):
+            raise CheckpointError(f"{encoder_dir}: keep_classifier needs a ({num_labels}, {hidden}) classifier, "
+                                  f"found {None if w is None else tuple(w.shape)}")
+    else:
+        keep["classifier.weight"] = (torch.randn(num_labels, hidden, generator=g) * std).to(dtype)
+        keep["classifier.bias"] = torch.zeros(num_labels, dtype=dtype)
     cfg = dict(cfg)
     cfg["num_hidden_layers"] = n
     cfg["num_labels"] = num_labels
