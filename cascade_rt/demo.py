@@ -3,11 +3,13 @@ with dynamic early exit, on a CPU in minutes.
 
 Steps, each cached under ``<cache>/demo/<data>_s<seed>_len<max_len>_.../`` so a second run is
 fast (training runs under bf16 autocast where the CPU has native bf16, see ``--bf16``):
-1. tiers from the shipped MiniLM: its first ``--small-layers`` layers and all 6 layers;
-2. fine-tune the 6-layer tier (its final head doubles as the early-exit backbone);
-3. difficulty labels: k-fold held-out predictions of the small tier on the training split;
-4. the small tier with DAO and without (the ablation);
-5. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
+1. fine-tune the 6-layer tier, the shipped MiniLM (its final head doubles as the early-exit
+   backbone);
+2. difficulty labels: k-fold held-out predictions of a ``--small-layers``-layer model cut from
+   the shipped MiniLM, on the training split;
+3. the small tier with DAO and without (the ablation): the trained 6-layer tier's first
+   ``--small-layers`` layers, pooler and head, fine-tuned (``--small-init``);
+4. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
    single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 6. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
    per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
@@ -54,6 +56,19 @@ MIN_STEPS = 500
 #: 500 steps; ``bench/results/tier_recipe.jsonl``)
 DISTILL = 0.0
 
+#: where the small tiers and the single models start: ``final``, the trained final tier's first
+#: k layers, pooler and head; ``minilm``, the shipped MiniLM's first k layers and a new head.
+#: ``final`` on dev (``bench/tier_recipe.py --init-from``, ``bench/results/tier_recipe.jsonl``,
+#: seed 0, 2-layer tier, two-tier cascade at 2x): movies 0.840 against 0.827, amazon 0.834
+#: against 0.823, nyt 0.770 against 0.737, tweets 0.950 both; the 2-layer model alone 0.807 /
+#: 0.800, 0.787 / 0.795, 0.733 / 0.707, 0.936 / 0.907
+SMALL_INIT = "final"
+
+#: trained models depend on the training code as well as on their settings: a change that
+#: alters what training computes (e.g. the order in which it draws random numbers) bumps this,
+#: so the cache does not hand back models trained by the code before it
+TRAIN_CODE = 2
+
 #: models trained at once (worker processes); see ``cascade_rt.train.jobs``
 TRAIN_WORKERS = min(2, os.cpu_count() or 1)
 
@@ -77,6 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=EPOCHS, help="epochs of the final tier")
     p.add_argument("--small-epochs", type=float, default=EPOCHS,
                    help="epochs of the small tiers and of the difficulty-label fold models")
+    p.add_argument("--small-init", choices=("final", "minilm"), default=SMALL_INIT,
+                   help="start of the small tiers and single models: the trained final tier's first layers, "
+                        "pooler and head (final) or the shipped MiniLM's first layers and a new head (minilm); "
+                        "the difficulty-label fold models always start from the MiniLM, as the final tier "
+                        "has seen the rows they hold out")
     p.add_argument("--min-steps", type=int, default=MIN_STEPS,
                    help="train every model at least this many optimizer steps (more epochs on small data)")
     p.add_argument("--distill", type=float, default=DISTILL,
@@ -100,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/dev/test split")
     p.add_argument("--singles", type=int, nargs="*", default=None,
                    help="depths of the single-model baselines (k-layer models cut from the shipped MiniLM, "
-                        "trained alone with the small tiers' recipe; a depth equal to a small tier's reuses "
+                        "trained alone with the small tiers' recipe, --small-init included; a depth equal to a small tier's reuses "
                         "its no-DAO tier). Default: for each target t the depth nearest large-layers / t "
                         "(2, 3 and 4 layers for the default targets); none with --singles alone")
     p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
@@ -109,6 +129,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tier alone once and every point of one method once, in an order that turns each "
                         "round; a point's measured speed-up is the median of its per-round ratios (their "
                         "spread is recorded)")
+    p.add_argument("--warmup-rows", type=int, default=None,
+                   help="the warm-up round runs every point on this many test rows (default: one --batch; "
+                        "0: every row)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -153,6 +176,8 @@ def run(args) -> int:
         raise SystemExit(f"--train-workers must be >= 1, got {args.train_workers}")
     if not 0.0 <= args.distill <= 1.0:
         raise SystemExit(f"--distill must be in [0, 1], got {args.distill}")
+    if args.warmup_rows is not None and args.warmup_rows < 0:
+        raise SystemExit(f"--warmup-rows must be >= 0, got {args.warmup_rows}")
     if args.min_steps < 0:
         raise SystemExit(f"--min-steps must be >= 0, got {args.min_steps}")
     bad = [k for k in singles if not 1 <= k < args.large_layers]
@@ -194,6 +219,7 @@ def run(args) -> int:
     meta = {"data": splits.name, "small_layers": sorted(args.small_layers), "large_layers": args.large_layers,
             "singles": singles, "max_len": args.max_len,
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
+            "small_init": args.small_init, "train_code": TRAIN_CODE,
             "min_steps": args.min_steps, "distill": args.distill, "distill_temperature": args.distill_temperature,
             "train_workers": args.train_workers,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
@@ -202,7 +228,9 @@ def run(args) -> int:
             "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
             "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None,
             "seconds_per_seed": seconds,
-            "timing": {"runs": args.timing_runs, "warmup": 1, "order": "turning by one each round",
+            "timing": {"runs": args.timing_runs, "warmup": 1,
+                       "warmup_rows": args.batch if args.warmup_rows is None else (args.warmup_rows or "all"),
+                       "order": "turning by one each round",
                        "grouping": "the points of one method (per target, or the single models) are timed "
                                    "together: each round runs the final tier once and every point once",
                        "speedup_measured": "median over rounds of final-tier seconds / method seconds; "
@@ -221,11 +249,16 @@ def run(args) -> int:
     return 0
 
 
-def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None):
+def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_from=None):
     """A training job: one tier (``easy_file``: difficulty labels for DAO; ``teacher_file``:
-    the teacher's logits for distillation), saved to ``out``."""
+    the teacher's logits for distillation; ``cut_from``: ``(trained classifier, layers,
+    labels)``, whose first layers, pooler and head are written to ``init`` first), saved to
+    ``out``."""
     from .train import finetune
 
+    if cut_from is not None:
+        src, n, labels = cut_from
+        make_classifier_checkpoint(src, init, num_labels=labels, num_layers=n, keep_classifier=True)
     easy = json.loads(Path(easy_file).read_text())["easy"] if easy_file else None
     teacher = torch.load(teacher_file) if teacher_file else None
     finetune(init, data, out, cfg, easy=easy, quiet=True, teacher_logits=teacher)
@@ -273,7 +306,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
 
     torch.manual_seed(seed)
     root = (Path(args.cache) if args.cache else cache_dir() / "demo") / (
-        f"{splits.name}_s{seed}_len{args.max_len}_e{args.epochs:g}_fw" + ("_bf16" if bf16 else "")
+        f"{splits.name}_s{seed}_len{args.max_len}_e{args.epochs:g}_fw_t{TRAIN_CODE}" + ("_bf16" if bf16 else "")
         + (f"_ms{args.min_steps}" if args.min_steps else "")
         + (f"_split{args.split_seed}" if args.split_seed else "")
         + (f"_limit{args.limit}" if args.limit else ""))
@@ -288,7 +321,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr, "epochs": args.small_epochs,
                                "freeze_word_embeddings": False, "distill": args.distill,
                                "distill_temperature": args.distill_temperature})
-    stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we" + (
+    stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{args.small_init}" + (
         f"_kd{args.distill:g}T{args.distill_temperature:g}" if args.distill else "")
 
     def base(n):
@@ -309,9 +342,13 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
         if (d / "model.safetensors").is_file():
             print(f"cached: {d}")
         elif name not in {j.name for j in jobs}:
-            teach = teacher_file if n != L and args.distill else None
-            job(name, _job_finetune, base(n), tr, d, cfg_n, easy_file, teach,
-                deps=(*deps, *(["teacher"] if teach else [])), cost=2 + n)
+            small = n != L
+            teach = teacher_file if small and args.distill else None
+            # a small model cut from the final tier starts once that is trained (the cut is made in the job)
+            cut = small and args.small_init == "final"
+            init = root / f"init_l{n}_from_{large.name}" if cut else base(n)
+            job(name, _job_finetune, init, tr, d, cfg_n, easy_file, teach, (large, n, C) if cut else None,
+                deps=(*deps, *(["teacher"] if teach else []), *([large.name] if cut else [])), cost=2 + n)
         return d
 
     L = args.large_layers
@@ -368,6 +405,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     full_dv = sum(flops.tier_flops(cfgs[large], [n]) for n in dv.lengths)
     enc_te = collate(te, range(len(te)))
     full_model = CascadeBert([tiers[large]], []).eval()
+    warmup_rows = args.batch if args.warmup_rows is None else (args.warmup_rows or None)
     o_full = run_batches(full_model, enc_te, args.batch)
     full_acc_te = float((o_full["logits"].argmax(-1).numpy() == labels_te).mean())
     full_conf = o_full["confidence"].numpy()
@@ -389,7 +427,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
         point with ``model``, ``setup`` (called before each of its passes: sets the shared
         model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``, ``dis_conf``."""
         timed = timed_speedups({i: (c["model"], c["setup"]) for i, c in enumerate(cases)}, full_model,
-                               enc_te, args.batch, runs=args.timing_runs)
+                               enc_te, args.batch, runs=args.timing_runs, warmup_rows=warmup_rows)
         pts = []
         for i, c in enumerate(cases):
             t = timed[i]

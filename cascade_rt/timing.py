@@ -48,14 +48,16 @@ def time_fn(fn: Callable[[], object], device: torch.device | str | None = None, 
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str | None = None, *,
-                warmup: int = 1, runs: int = 5, alternate: bool = True) -> dict[str, dict]:
+                warmup: int = 1, runs: int = 5, alternate: bool = True,
+                warmup_fns: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
     """Time several functions round-robin so that drift hits each alike; a
     :func:`time_fn`-style dict per name (``"all"`` in round order, so entry ``r`` of two
     names comes from the same round: see :func:`paired_ratio`).
 
     Each function first runs ``warmup`` times untimed (in the same alternating order). With
     ``alternate`` the order of the names turns by one each round (A B C, B C A, C A B, ...),
-    so no function always runs first or right after the same other one.
+    so no function always runs first or right after the same other one. ``warmup_fns`` (same
+    names): what the warm-up rounds run instead, e.g. each function on a slice of its input.
     """
     names = list(fns)
 
@@ -65,9 +67,12 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str
         k = r % len(names)
         return names[k:] + names[:k]
 
+    warm = fns if warmup_fns is None else warmup_fns
+    if set(warm) != set(fns):
+        raise ValueError("warmup_fns must have the same names as fns")
     for r in range(warmup):
         for k in order(r):
-            fns[k]()
+            warm[k]()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(runs):

@@ -43,6 +43,14 @@ def test_demo_runs_end_to_end(tmp_path):
     started = [x for x in res.stdout.splitlines() if x.endswith("started (1 thread)") or ": started" in x]
     assert sum("small_l1_" in x for x in started) == 4
     assert sum("large_l2_" in x for x in started) == 2
+    # the small tiers start from the trained final tier's first layer (--small-init final), the
+    # difficulty folds from the MiniLM's
+    for seed in (0, 1):
+        root = next((tmp_path / "cache").glob(f"*_s{seed}_*"))
+        assert [d.name for d in root.glob("init_l1_from_*")] == ["init_l1_from_large_l2_lr0.0001"]
+        assert (root / "init_l1").is_dir()
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["small_init"] == "final" and meta["timing"]["warmup_rows"] == 128
 
 
 def _pt(method, acc, sp, seed=0, target=None, layers=None):
@@ -94,7 +102,8 @@ def test_goals_compare_at_measured_speedups():
 
 @pytest.mark.parametrize("flag,value,msg", [
     ("--train-workers", "0", "--train-workers must be >= 1"), ("--distill", "1.5", "--distill must be in"),
-    ("--min-steps", "-1", "--min-steps must be >= 0"), ("--singles", "6", "--singles: depths must be in")])
+    ("--min-steps", "-1", "--min-steps must be >= 0"), ("--singles", "6", "--singles: depths must be in"),
+    ("--warmup-rows", "-1", "--warmup-rows must be >= 0"), ("--small-init", "bert", "invalid choice")])
 def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
     """Checked before any data is read or model trained: one error that names the setting."""
     cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", flag, value, "--out", str(tmp_path / "out"),

@@ -112,3 +112,28 @@ def test_timed_speedups_run_the_baseline_once_per_round(clock):
     assert clock.calls.count("base") == 3  # warm-up + 2 rounds, not once per case
     with pytest.raises(ValueError, match="at least one case"):
         timed_speedups({}, base, enc, batch=4)
+
+
+def test_warmup_rows_warm_up_on_a_slice(clock):
+    """``warmup_rows``: the warm-up round runs each case and the baseline on the first rows only
+    (one batch here, against two in a timed pass); the kept outputs are a timed pass's, of
+    every row."""
+    enc = {"input_ids": torch.ones(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3, dtype=torch.long)}
+    rows = []
+
+    class Counting(_Model):
+        def __call__(self, input_ids, attention_mask, token_type_ids=None):
+            rows.append((self.name, input_ids.shape[0]))
+            return super().__call__(input_ids, attention_mask, token_type_ids)
+
+    base = Counting(clock, "base", [9.0, 2.0, 2.0, 3.0, 3.0])
+    model = Counting(clock, "model", [9.0, 1.0, 1.0, 1.0, 2.0])
+    r = timed_speedups({"m": model}, base, enc, batch=2, runs=2, warmup_rows=2)
+    assert rows[:2] == [("base", 2), ("model", 2)]  # warm-up: one batch of 2 rows each
+    assert len(rows) == 2 + 2 * 2 * 2
+    assert r["m"]["speedup_all"] == [2.0, 2.0] and r["m"]["warmup_rows"] == 2
+    assert r["m"]["out"]["exit_tier"].shape == (4,)
+    with pytest.raises(ValueError, match="warmup_rows"):
+        timed_speedups({"m": model}, base, enc, batch=2, warmup_rows=0)
+    with pytest.raises(ValueError, match="same names"):
+        timing.interleaved({"a": lambda: None}, warmup_fns={"b": lambda: None})

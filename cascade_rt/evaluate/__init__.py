@@ -292,7 +292,8 @@ def run_batches(model, enc: dict, batch: int) -> dict:
     return res
 
 
-def timed_speedups(cases: dict, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1) -> dict:
+def timed_speedups(cases: dict, baseline, enc: dict, batch: int, runs: int = 3, warmup: int = 1,
+                   warmup_rows: int | None = None) -> dict:
     """Measured speed-ups of several models (or one model in several settings) over ``baseline``
     on the same rows (batches of ``batch``), timed together.
 
@@ -303,7 +304,9 @@ def timed_speedups(cases: dict, baseline, enc: dict, batch: int, runs: int = 3, 
     so every case and the baseline see the same machine load within a round and none always
     runs first. A case's speed-up is the median over rounds of ``baseline seconds / case
     seconds`` of the same round; its min, max and every round's value are kept as the spread.
-    The baseline runs once per round however many cases there are.
+    The baseline runs once per round however many cases there are. ``warmup_rows``: the
+    warm-up round runs every case and the baseline on the first ``warmup_rows`` rows only
+    (weights packed, buffers grown, at a fraction of a whole pass); None: on every row.
 
     Returns ``{name: {"speedup", "speedup_min", "speedup_max", "speedup_all", "seconds",
     "seconds_baseline", "runs", "warmup", "out"}}``: seconds are medians over rounds, ``out``
@@ -315,26 +318,34 @@ def timed_speedups(cases: dict, baseline, enc: dict, batch: int, runs: int = 3, 
         raise ValueError(f"runs must be >= 1, got {runs}")
     if not cases:
         raise ValueError("timed_speedups needs at least one case")
+    if warmup_rows is not None and warmup_rows < 1:
+        raise ValueError(f"warmup_rows must be >= 1 or None, got {warmup_rows}")
     keep: dict = {}
+    head = enc if warmup_rows is None else {k: v[:warmup_rows] for k, v in enc.items()}
     fns = {("baseline",): lambda: run_batches(baseline, enc, batch)}
+    warm = {("baseline",): lambda: run_batches(baseline, head, batch)}
     device = None
     for name, case in cases.items():
         model, setup = case if isinstance(case, tuple) else (case, None)
         device = device or getattr(model, "device", None)
 
-        def run_case(name=name, model=model, setup=setup):
+        def run_case(name=name, model=model, setup=setup, rows=enc, out=True):
             if setup is not None:
                 setup()
-            keep[name] = run_batches(model, enc, batch)
+            o = run_batches(model, rows, batch)
+            if out:
+                keep[name] = o
 
         fns[("case", name)] = run_case
-    t = interleaved(fns, device, warmup=warmup, runs=runs)
+        warm[("case", name)] = lambda f=run_case: f(rows=head, out=False)
+    t = interleaved(fns, device, warmup=warmup, runs=runs, warmup_fns=warm)
     res = {}
     for name in cases:
         r = paired_ratio(t, ("baseline",), ("case", name))
         res[name] = {"speedup": r["median"], "speedup_min": r["min"], "speedup_max": r["max"],
                      "speedup_all": r["all"], "seconds": t[("case", name)]["median"],
                      "seconds_baseline": t[("baseline",)]["median"], "runs": runs, "warmup": warmup,
+                     "warmup_rows": warmup_rows,
                      "out": keep[name]}
     return res
 

@@ -147,6 +147,9 @@ class TrainConfig:
     #: KL(softmax(teacher / T) || softmax(student / T))`` with ``T = distill_temperature``
     distill: float = 0.0
     distill_temperature: float = 2.0
+    #: compute the last layer for the [CLS] token only (:mod:`cascade_rt.train.forward`): the
+    #: same logits and gradients for fewer FLOPs; models it does not cover use their own forward
+    cls_only: bool = True
     #: train at least this many optimizer steps: on a small data set ``epochs`` is raised to
     #: reach it (0: ``epochs`` alone decides)
     min_steps: int = 0
@@ -277,6 +280,9 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
         emb = model.bert.embeddings.word_embeddings
         used = sorted({i for row in data.ids for i in row} | ({emb.padding_idx} if emb.padding_idx is not None else set()))
         sub = model.bert.embeddings.word_embeddings = _UsedRowsEmbedding(emb, torch.tensor(used, dtype=torch.int64))
+    from .forward import classifier_logits, cls_only_supported
+
+    fast = cfg.cls_only and cls_only_supported(model)
     steps = train_steps(len(data), cfg)
     no_decay = ("bias", "LayerNorm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -303,7 +309,7 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             b = collate(data, idx)
             labels = torch.tensor([data.labels[i] for i in idx])
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model(**b).logits.float()
+                logits = (classifier_logits(model, **b) if fast else model(**b).logits).float()
             if cfg.dao:
                 loss, ce, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen, cfg.dao_pairs)
             else:
