@@ -11,7 +11,7 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
    ``--small-layers`` layers, pooler and head, fine-tuned (``--small-init``);
 4. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
    single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
-6. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
+5. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
    per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
    measured speed-up (wall clock; the points of one method timed together, interleaved
    with the 6-layer tier alone) on test.
@@ -119,8 +119,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="one training seed (same as --seeds SEED)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/dev/test split")
     p.add_argument("--singles", type=int, nargs="*", default=None,
-                   help="depths of the single-model baselines (k-layer models cut from the shipped MiniLM, "
-                        "trained alone with the small tiers' recipe, --small-init included; a depth equal to a small tier's reuses "
+                   help="depths of the single-model baselines (k-layer models cut like the small tiers, see "
+                        "--small-init, and trained alone with their recipe; a depth equal to a small tier's reuses "
                         "its no-DAO tier). Default: for each target t the depth nearest large-layers / t "
                         "(2, 3 and 4 layers for the default targets); none with --singles alone")
     p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
@@ -334,8 +334,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     # once those they need are done, and each leaves its result on disk (the cache)
     jobs: list[Job] = []
 
-    def job(name, fn, *a, deps=(), cost=1.0, **kw):
-        jobs.append(Job(name, fn, a, kw, tuple(x for x in deps if x in {j.name for j in jobs}), cost))
+    def job(name, fn, *a, deps=(), cost=1.0, alone=False, **kw):
+        jobs.append(Job(name, fn, a, kw, tuple(x for x in deps if x in {j.name for j in jobs}), cost, alone))
 
     def tier_job(name, n, cfg_n, easy_file=None, deps=()):
         d = root / name
@@ -347,8 +347,11 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
             # a small model cut from the final tier starts once that is trained (the cut is made in the job)
             cut = small and args.small_init == "final"
             init = root / f"init_l{n}_from_{large.name}" if cut else base(n)
+            # the final tier runs alone, with every thread, when the small models start from it:
+            # all but the difficulty folds wait for it, and one worker would otherwise sit idle
             job(name, _job_finetune, init, tr, d, cfg_n, easy_file, teach, (large, n, C) if cut else None,
-                deps=(*deps, *(["teacher"] if teach else []), *([large.name] if cut else [])), cost=2 + n)
+                deps=(*deps, *(["teacher"] if teach else []), *([large.name] if cut else [])), cost=2 + n,
+                alone=not small and args.small_init == "final")
         return d
 
     L = args.large_layers

@@ -80,3 +80,35 @@ def test_bad_job_graphs_are_refused():
         run_jobs([Job("a", _threads, deps=("b",)), Job("b", _threads, deps=("a",))], log=None)
     with pytest.raises(ValueError, match="unique"):
         run_jobs([Job("a", _threads), Job("a", _threads)], log=None)
+
+
+def _span_threads(path, seconds):
+    """``_span`` that also records the threads it ran with."""
+    _span(path, seconds)
+    Path(path).write_text(Path(path).read_text() + f" {_threads()}")
+
+
+def test_a_job_alone_has_every_thread_and_nothing_beside_it(tmp_path):
+    f = {k: tmp_path / k for k in ("big", "x", "y")}
+    jobs = [Job("x", _span_threads, (f["x"], 1.0), cost=1),
+            Job("big", _span_threads, (f["big"], 1.5), cost=5, alone=True),
+            Job("y", _span_threads, (f["y"], 1.0), deps=("big",))]
+    lines = []
+    run_jobs(jobs, workers=2, threads=1, log=lines.append)
+    (sb, eb, tb), (sx, ex, tx), (sy, ey, ty) = ([float(v) for v in f[k].read_text().split()] for k in ("big", "x", "y"))
+    assert (tb, tx, ty) == (2, 1, 1)  # alone: both workers' threads; the others one each
+    assert eb <= sx or ex <= sb  # x never overlapped it
+    assert sb < sx  # the larger rank first (big, and y after it), then x
+    assert sy >= eb
+    assert any("big: started (2 threads, alone)" in x for x in lines)
+    assert run_jobs([Job("t", _threads, alone=True)], workers=2, threads=1, log=None) == {"t": 2}
+    # inline (one worker) it simply runs with this process's threads
+    assert run_jobs([Job("t", _threads, alone=True)], workers=1, log=None)["t"] >= 1
+
+
+def test_longest_chain_first():
+    from cascade_rt.train.jobs import _ranks
+
+    jobs = [Job("big", _threads, cost=8), Job("folds", _threads, cost=4), Job("dao", _threads, deps=("folds",), cost=4),
+            Job("l4", _threads, cost=6), Job("heads", _threads, deps=("big",), cost=1)]
+    assert _ranks(jobs) == {"big": 9, "folds": 8, "dao": 4, "l4": 6, "heads": 1}

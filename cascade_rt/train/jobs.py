@@ -5,7 +5,10 @@ much of the machine: a training step is many small GEMMs plus Python, autograd a
 work that does not split across threads. Several models trained at once, one process and
 ``threads`` threads each, keep the cores busier. :func:`run_jobs` does that for a set of jobs
 whose results go to disk (a trained tier's directory, a difficulty-label file), starting each
-job once the jobs it depends on are done, longest (by ``cost``) first.
+job once the jobs it depends on are done, the one with the longest chain of work after it
+(its ``cost`` plus that of the costliest chain of jobs that wait for it) first. A job that
+most of the others wait for can run ``alone``, with every thread, instead of beside one job
+and with one worker's share.
 
 A model's training depends only on its own seed and inputs, not on which worker runs it or
 when; the thread count a job runs with can change its last bits (floating-point reductions).
@@ -24,7 +27,8 @@ __all__ = ["Job", "run_jobs"]
 @dataclass
 class Job:
     """``fn(*args, **kwargs)`` (a module-level function, so that it pickles), run after every
-    job named in ``deps``; ``cost`` (any unit) orders the ready jobs, largest first."""
+    job named in ``deps``; ``cost`` (any unit) orders the ready jobs (see :func:`run_jobs`).
+    ``alone``: no other job runs beside it, and it has every worker's threads."""
 
     name: str
     fn: Callable[..., Any]
@@ -32,12 +36,44 @@ class Job:
     kwargs: dict = field(default_factory=dict)
     deps: tuple[str, ...] = ()
     cost: float = 1.0
+    alone: bool = False
 
 
 def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _run_alone(threads: int, fn, args, kwargs):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _ranks(jobs: list[Job]) -> dict[str, float]:
+    """Per job, its cost plus the largest rank among the jobs that depend on it: the work
+    left on the longest chain that starts with it."""
+    after: dict[str, list[str]] = {j.name: [] for j in jobs}
+    for j in jobs:
+        for d in j.deps:
+            after[d].append(j.name)
+    cost = {j.name: j.cost for j in jobs}
+    rank: dict[str, float] = {}
+
+    def of(name):
+        if name not in rank:
+            rank[name] = cost[name] + max((of(n) for n in after[name]), default=0.0)
+        return rank[name]
+
+    for j in jobs:
+        of(j.name)
+    return rank
 
 
 def _order_check(jobs: list[Job]) -> None:
@@ -65,16 +101,20 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
 
     ``workers <= 1``: in this process, in dependency order, with this process's threads.
     Otherwise in ``workers`` spawned processes with ``threads`` threads each (default: this
-    machine's cores split among the workers). A job that raises stops the run: the jobs
+    machine's cores split among the workers); a job marked ``alone`` starts once no other job
+    runs, with ``workers * threads`` threads, and none starts beside it. Of the ready jobs the
+    one with the largest rank starts first: its cost plus the largest rank among the jobs that
+    depend on it (ties: in the order given). A job that raises stops the run: the jobs
     already started finish, none is started after it, and its exception is raised here.
     """
     _order_check(jobs)
+    rank = _ranks(jobs)
     results: dict[str, Any] = {}
     started: dict[str, float] = {}
 
     def ready(pending):
         out = [j for j in pending if set(j.deps) <= results.keys()]
-        return sorted(out, key=lambda j: -j.cost)
+        return sorted(out, key=lambda j: -rank[j.name])
 
     def note(msg):
         if log is not None:
@@ -97,19 +137,28 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
         running = {}
+        alone: set[str] = set()  # the running job that runs alone, if any
         error = None
         while pending or running:
-            if error is None:
-                for j in ready(pending)[: workers - len(running)]:
+            if error is None and not alone:
+                for j in ready(pending):
+                    if len(running) >= workers or (j.alone and running):
+                        break  # a job to run alone waits for the running ones, and nothing starts before it
                     pending.remove(j)
                     started[j.name] = time.perf_counter()
-                    note(f"{j.name}: started ({threads} thread{'s' if threads > 1 else ''})")
+                    n = threads * workers if j.alone else threads
+                    note(f"{j.name}: started ({n} thread{'s' if n > 1 else ''}{', alone' if j.alone else ''})")
+                    if j.alone:
+                        alone.add(j.name)
+                        running[pool.submit(_run_alone, n, j.fn, j.args, j.kwargs)] = j.name
+                        break
                     running[pool.submit(j.fn, *j.args, **j.kwargs)] = j.name
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 name = running.pop(fut)
+                alone.discard(name)
                 exc = fut.exception()
                 if exc is not None:
                     error = error or exc
