@@ -178,6 +178,8 @@ def run(args) -> int:
         raise SystemExit(f"--distill must be in [0, 1], got {args.distill}")
     if args.warmup_rows is not None and args.warmup_rows < 0:
         raise SystemExit(f"--warmup-rows must be >= 0, got {args.warmup_rows}")
+    if args.warmup_rows is None:
+        args.warmup_rows = args.batch  # one batch; 0 stays "every row"
     if args.min_steps < 0:
         raise SystemExit(f"--min-steps must be >= 0, got {args.min_steps}")
     bad = [k for k in singles if not 1 <= k < args.large_layers]
@@ -229,7 +231,7 @@ def run(args) -> int:
             "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None,
             "seconds_per_seed": seconds,
             "timing": {"runs": args.timing_runs, "warmup": 1,
-                       "warmup_rows": args.batch if args.warmup_rows is None else (args.warmup_rows or "all"),
+                       "warmup_rows": args.warmup_rows or "all",
                        "order": "turning by one each round",
                        "grouping": "the points of one method (per target, or the single models) are timed "
                                    "together: each round runs the final tier once and every point once",
@@ -345,16 +347,17 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
             small = n != L
             teach = teacher_file if small and args.distill else None
             # a small model cut from the final tier starts once that is trained (the cut is made in the job)
-            cut = small and args.small_init == "final"
+            cut = small and from_final
             init = root / f"init_l{n}_from_{large.name}" if cut else base(n)
             # the final tier runs alone, with every thread, when the small models start from it:
             # all but the difficulty folds wait for it, and one worker would otherwise sit idle
             job(name, _job_finetune, init, tr, d, cfg_n, easy_file, teach, (large, n, C) if cut else None,
                 deps=(*deps, *(["teacher"] if teach else []), *([large.name] if cut else [])), cost=2 + n,
-                alone=not small and args.small_init == "final")
+                alone=not small and from_final)
         return d
 
     L = args.large_layers
+    from_final = args.small_init == "final"
     large = tier_job(f"large_l{L}_lr{args.lr:g}", L, cfg)
     teacher_file = root / f"teacher_{large.name}.pt"  # its log-probabilities on the training rows
     if args.distill and not teacher_file.is_file():
@@ -408,7 +411,6 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     full_dv = sum(flops.tier_flops(cfgs[large], [n]) for n in dv.lengths)
     enc_te = collate(te, range(len(te)))
     full_model = CascadeBert([tiers[large]], []).eval()
-    warmup_rows = args.batch if args.warmup_rows is None else (args.warmup_rows or None)
     o_full = run_batches(full_model, enc_te, args.batch)
     full_acc_te = float((o_full["logits"].argmax(-1).numpy() == labels_te).mean())
     full_conf = o_full["confidence"].numpy()
@@ -430,7 +432,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
         point with ``model``, ``setup`` (called before each of its passes: sets the shared
         model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``, ``dis_conf``."""
         timed = timed_speedups({i: (c["model"], c["setup"]) for i, c in enumerate(cases)}, full_model,
-                               enc_te, args.batch, runs=args.timing_runs, warmup_rows=warmup_rows)
+                               enc_te, args.batch, runs=args.timing_runs,
+                               warmup_rows=args.warmup_rows or None)
         pts = []
         for i, c in enumerate(cases):
             t = timed[i]

@@ -82,3 +82,12 @@ def test_distilled_run_with_a_step_floor(tmp_path):
     assert not all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(SystemExit, match="--distill needs"):
         main(common + ["--distill", "0.5"])
+    # --init-from: the tier starts from the trained teacher's layer, pooler and head
+    # (at learning rate 0 the saved tier is its start: the teacher's tensors, not the MiniLM's)
+    for name, extra in (("cut", ["--init-from", str(tmp_path / "teacher")]), ("uncut", [])):
+        assert main(common + ["--out", str(tmp_path / name), "--lr", "0", "--epochs", "0.01"] + extra) == 0
+    cut = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-2])
+    assert cut["recipe"]["init_from"] == str(tmp_path / "teacher")
+    wc, wu = (load_file(tmp_path / d / "model.safetensors") for d in ("cut", "uncut"))
+    for k in ("classifier.weight", "bert.pooler.dense.weight", "bert.encoder.layer.0.output.dense.weight"):
+        assert torch.equal(wc[k], wa[k]) and not torch.equal(wu[k], wa[k]), k

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .forward import classifier_logits, cls_only_supported
+
 __all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "TrainConfig", "train_steps", "teacher_logits",
            "finetune",
            "predict_probs", "difficulty_labels", "native_bf16"]
@@ -280,8 +282,6 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
         emb = model.bert.embeddings.word_embeddings
         used = sorted({i for row in data.ids for i in row} | ({emb.padding_idx} if emb.padding_idx is not None else set()))
         sub = model.bert.embeddings.word_embeddings = _UsedRowsEmbedding(emb, torch.tensor(used, dtype=torch.int64))
-    from .forward import classifier_logits, cls_only_supported
-
     fast = cfg.cls_only and cls_only_supported(model)
     steps = train_steps(len(data), cfg)
     no_decay = ("bias", "LayerNorm.weight")

@@ -109,6 +109,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
     """
     _order_check(jobs)
     rank = _ranks(jobs)
+    by_name = {j.name: j for j in jobs}
     results: dict[str, Any] = {}
     started: dict[str, float] = {}
 
@@ -137,10 +138,9 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
         running = {}
-        alone: set[str] = set()  # the running job that runs alone, if any
         error = None
         while pending or running:
-            if error is None and not alone:
+            if error is None and not any(by_name[n].alone for n in running.values()):
                 for j in ready(pending):
                     if len(running) >= workers or (j.alone and running):
                         break  # a job to run alone waits for the running ones, and nothing starts before it
@@ -149,7 +149,6 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
                     n = threads * workers if j.alone else threads
                     note(f"{j.name}: started ({n} thread{'s' if n > 1 else ''}{', alone' if j.alone else ''})")
                     if j.alone:
-                        alone.add(j.name)
                         running[pool.submit(_run_alone, n, j.fn, j.args, j.kwargs)] = j.name
                         break
                     running[pool.submit(j.fn, *j.args, **j.kwargs)] = j.name
@@ -158,7 +157,6 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 name = running.pop(fut)
-                alone.discard(name)
                 exc = fut.exception()
                 if exc is not None:
                     error = error or exc
