@@ -74,16 +74,17 @@ def boundary_share(model: CascadeBert, ids, mask, device, runs: int) -> dict:
     out_t = torch.full((B,), -1, dtype=torch.int64, device=device)
     thr = model.thresholds[0]
     with torch.inference_mode():
-        hidden = tier.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen)
+        cls = tier.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen,
+                          first_tokens=True)
 
         def boundary():
-            cls = Tier.first_tokens(hidden, batch.cu_seqlens)
             logits, conf, exit_mask = tier.exit_head(cls, thr)
             ops.scatter_exits(exit_mask, row_index, logits, conf, 0, out_l, out_c, out_t)
             return ops.compact(exit_mask, tokens, batch.cu_seqlens)
 
-        def encode():
-            return tier.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen)
+        def encode():  # as the cascade runs a tier: the [CLS] states only
+            return tier.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen,
+                               first_tokens=True)
 
         t = common.interleaved({"boundary": boundary, "encode": encode}, device, warmup=1, runs=runs)
     return {"boundary_ms": t["boundary"]["min"] * 1e3, "tier0_encode_ms": t["encode"]["min"] * 1e3,

@@ -9,8 +9,9 @@ computes every padded slot) on that batch: one warm-up call each, then ``--runs`
 interleaved in alternating order. A point's measured speed-up is the median over passes of
 HF time / cascade_rt time (with its min and max); ``--repeat N`` runs the whole sweep N times
 and reports the median of the N per-sweep figures with their spread. Beside it are the FLOPs
-ratios (:mod:`cascade_rt.flops`): padded to the longest row / padding-free (the bound that
-removing padding gives in this comparison) and, for reference only, padded to ``max_len`` /
+ratios (:mod:`cascade_rt.flops`): HF's work, padded to the longest row with every layer on
+every slot, / the tier's, padding-free with its last layer for [CLS] only (the bound that
+removing that work gives in this comparison) and, for reference only, padded to ``max_len`` /
 padding-free (``padding="max_length"``, which the timed baseline does not use). A measured
 speed-up above the first ratio means HF spends time on something besides padding FLOPs;
 ``--profile`` prints where each model's time goes (torch.profiler, self CPU time per op).
@@ -125,8 +126,9 @@ def case_record(tier, batch: int, frac: float, max_len: int, lens: list[int], ma
     """The figures of one case over ``len(timings)`` repeats of the sweep."""
     cfg = tier.config
     packed_flops = flops.tier_flops(cfg, lens)
-    longest_flops = flops.padded_tier_flops(cfg, lens)  # padded to the longest row
-    max_len_flops = flops.padded_tier_flops(cfg, lens, max_len)
+    # HF's model: padded to the longest row, every layer on every slot
+    longest_flops = flops.padded_tier_flops(cfg, lens, first_tokens=False)
+    max_len_flops = flops.padded_tier_flops(cfg, lens, max_len, first_tokens=False)
     per_repeat = [r["ratio"]["median"] for r in timings]
     passes = [x for r in timings for x in r["ratio"]["all"]]
     # spread: over the repeated sweeps when there are several, else over the passes of the one
@@ -226,7 +228,8 @@ def run_family_cases(families, model, cfg, device, dtype) -> list[dict]:
                     "family_over_bert_tier": ours_s / bert_s,
                     "family_over_bert_tier_median": t[f"{fam}:cascade_rt"]["median"] / t["bert:cascade_rt"]["median"],
                     "speedup_vs_hf": hf_s / ours_s, "bert_speedup_vs_hf": bert_ratio,
-                    "analytic_speedup": flops.padded_tier_flops(built[fam][0].config, lens, cfg["max_len"])
+                    "analytic_speedup": flops.padded_tier_flops(built[fam][0].config, lens, cfg["max_len"],
+                                                                first_tokens=False)
                     / flops.tier_flops(built[fam][0].config, lens),
                 })
                 r = results[-1]

@@ -268,7 +268,8 @@ def run_throughput(tier, ort_proc: OrtProcess, cfg: dict, atol: float) -> list[d
                     "ort_ms_all": t[key]["all_ms"], "cascade_rt_ms_all": t["cascade_rt"]["all_ms"],
                     "ratio_ort_over_ours": t[key]["median"] / ours_s,
                     "cascade_rt_tokens_per_s": tokens / ours_s, "ort_tokens_per_s": tokens / t[key]["median"],
-                    "padded_over_packed_flops": flops.padded_tier_flops(tier.config, lens, ids.shape[1])
+                    "padded_over_packed_flops": flops.padded_tier_flops(tier.config, lens, ids.shape[1],
+                                                                        first_tokens=False)
                     / flops.tier_flops(tier.config, lens)})
     return out
 

@@ -290,8 +290,8 @@ class CascadeBert(nn.Module):
                 rows_seen[i] = (row_index >= 0).sum()
                 tokens_seen[i] = cu[-1]
                 # sync-free: upper-bound shapes, so the dense layers skip the dead rows on the device
-                hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen, sync_free=not trim)
-                cls_hidden = Tier.first_tokens(hidden, cu)
+                cls_hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen, sync_free=not trim,
+                                         first_tokens=True)
                 logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else self.thresholds[i])
                 if last:
                     exit_mask = torch.ones_like(exit_mask)

@@ -233,8 +233,9 @@ def run(args) -> int:
             "timing": {"runs": args.timing_runs, "warmup": 1,
                        "warmup_rows": args.warmup_rows or "all",
                        "order": "turning by one each round",
-                       "grouping": "the points of one method (per target, or the single models) are timed "
-                                   "together: each round runs the final tier once and every point once",
+                       "grouping": "every point of every method (cascades and early exit per target, the "
+                                   "single models) is timed together: each round runs the final tier once "
+                                   "and every point once",
                        "speedup_measured": "median over rounds of final-tier seconds / method seconds; "
                                            "speedup_measured_min/max/all: the spread"}}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
@@ -300,7 +301,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     """Train (or load from the cache) every model of one training seed and evaluate them:
     returns (sweep points, reliability data at the 2x target)."""
     from .early_exit import EarlyExitBert, layer_cls_features
-    from .evaluate import (dis, ece, f1_binary, row_costs, run_batches, search_thresholds, simulate_exits,
+    from .evaluate import (dis, ece, f1_binary, run_batches, search_thresholds, simulate_exits,
                            tier_row_costs, timed_speedups)
     from .tier import Tier
     from .train import TrainConfig, collate, predict_probs
@@ -405,8 +406,11 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
                     + [probs[large][k]] for k, (name, f) in enumerate(feats.items())}
 
     def ee_costs(lengths):
+        """(layers, rows): a row's cost when it exits after each layer (the last layer costs
+        less than the others: first token only)."""
         c = early.backbone.config
-        return row_costs([[flops.early_exit_flops(c, [n], [0]) for n in lengths]] * c.num_hidden_layers)
+        return np.array([[flops.early_exit_flops(c, [n], [i]) for n in lengths] for i in range(c.num_hidden_layers)],
+                        dtype=np.float64)
 
     full_dv = sum(flops.tier_flops(cfgs[large], [n]) for n in dv.lengths)
     enc_te = collate(te, range(len(te)))
@@ -425,17 +429,19 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     print(f"{L}-layer tier alone: test accuracy {full_acc_te:.4f}")
     reliab = {"full": (full_conf, full_correct)}
 
-    def measure(method, cases):
-        """Sweep points of one method, timed together against the final tier alone (a warm-up
-        round, then rounds that run the final tier once and every point once, in turning order;
-        per point the median of its per-round ratios and their spread). ``cases``: one dict per
-        point with ``model``, ``setup`` (called before each of its passes: sets the shared
-        model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``, ``dis_conf``."""
+    def measure(cases):
+        """Every sweep point, timed together against the final tier alone (a warm-up round, then
+        rounds that run the final tier once and every point once, in turning order; per point
+        the median of its per-round ratios and their spread), then scored. ``cases``: one dict
+        per point with ``method``, ``model``, ``setup`` (called before each of its passes: sets
+        the shared model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``,
+        ``dis_conf``. Returns (point, test exit stages) per case, in order."""
         timed = timed_speedups({i: (c["model"], c["setup"]) for i, c in enumerate(cases)}, full_model,
                                enc_te, args.batch, runs=args.timing_runs,
                                warmup_rows=args.warmup_rows or None)
         pts = []
         for i, c in enumerate(cases):
+            method = c["method"]
             t = timed[i]
             o = t["out"]
             pred = o["logits"].argmax(-1).numpy()
@@ -463,38 +469,39 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
                 reliab[method] = (conf, pred == labels_te)
         return pts
 
+    cases = []
     methods = {"cascade": smalls_dao, "cascade_no_dao": smalls_ce}
     for method, smalls in methods.items():
         dirs = [*smalls, large]
         stage_cfgs = [cfgs[d] for d in dirs]
         cum_dv = tier_row_costs(stage_cfgs, dv.lengths)
         model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls)).eval()
-        cases = []
         for target in args.targets:
             ths, _, _ = search_thresholds([probs[d][0] for d in dirs], labels_dv, cum_dv, full_dv,
                                           target_speedup=target)
-            cases.append({"model": model, "setup": lambda ths=ths: model.set_thresholds(ths), "ths": ths,
-                          "target": target, "stage_cfgs": stage_cfgs,
-                          "dis_conf": probs[dirs[0]][1].amax(-1).numpy()})
-        for c, (pt, exit_t) in zip(cases, measure(method, cases)):
-            sim_stage, _, _ = simulate_exits([probs[d][1] for d in dirs], c["ths"])
-            pt["exit_agreement_with_simulation"] = float((sim_stage == exit_t).mean())
+            cases.append({"method": method, "model": model, "setup": lambda m=model, ths=ths: m.set_thresholds(ths),
+                          "ths": ths, "target": target, "stage_cfgs": stage_cfgs,
+                          "dis_conf": probs[dirs[0]][1].amax(-1).numpy(),
+                          "simulated": [probs[d][1] for d in dirs]})
 
     cum_ee_dv = ee_costs(dv.lengths)
-    cases = []
     for target in args.targets:
         # the same search as the cascade's: one threshold per exit layer, chosen on dev
         ths, _, _ = search_thresholds(ee_probs["dev"], labels_dv, cum_ee_dv, full_dv, target_speedup=target)
-        cases.append({"model": early, "setup": lambda ths=ths: setattr(early, "threshold", ths), "ths": ths,
-                      "target": target, "stage_cfgs": None, "dis_conf": ee_probs["test"][0].amax(-1).numpy()})
-    measure("early_exit", cases)
+        cases.append({"method": "early_exit", "model": early, "setup": lambda ths=ths: setattr(early, "threshold", ths),
+                      "ths": ths, "target": target, "stage_cfgs": None,
+                      "dis_conf": ee_probs["test"][0].amax(-1).numpy()})
 
     # each k-layer model alone: a one-tier cascade, timed like every other point
-    cases = [{"model": CascadeBert([tiers[d]], []).eval(), "setup": None, "ths": [], "target": None,
-              "stage_cfgs": [cfgs[d], cfgs[large]], "dis_conf": probs[d][1].amax(-1).numpy()}
-             for d in single_dirs.values()]
-    for k, (pt, _) in zip(single_dirs, measure("single", cases) if cases else []):
-        pt["layers"] = k
+    cases += [{"method": "single", "model": CascadeBert([tiers[d]], []).eval(), "setup": None, "ths": [],
+               "target": None, "stage_cfgs": [cfgs[d], cfgs[large]], "dis_conf": probs[d][1].amax(-1).numpy(),
+               "layers": k} for k, d in single_dirs.items()]
+    for c, (pt, exit_t) in zip(cases, measure(cases) if cases else []):
+        if "simulated" in c:
+            sim_stage, _, _ = simulate_exits(c["simulated"], c["ths"])
+            pt["exit_agreement_with_simulation"] = float((sim_stage == exit_t).mean())
+        if c["method"] == "single":
+            pt["layers"] = c["layers"]
     return points, reliab
 
 

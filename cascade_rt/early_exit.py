@@ -103,12 +103,13 @@ class EarlyExitBert(nn.Module):
         for i in range(L):
             rows[i] = row_index.shape[0]
             toks[i] = cu[-1]
-            x = bb.run_layer(i, x, cu, batch.max_seqlen)
-            cls_h = Tier.first_tokens(x, cu)
-            if i == L - 1:
+            if i == L - 1:  # the last layer for the first tokens only (nothing else is read)
+                cls_h = bb.run_layer(i, x, cu, batch.max_seqlen, first_tokens=True)
                 logits, conf, mask = bb.exit_head(cls_h, 0.0)
                 ops.scatter_exits(torch.ones_like(mask), row_index, logits, conf, i, out_l, out_c, out_t)
                 break
+            x = bb.run_layer(i, x, cu, batch.max_seqlen)
+            cls_h = Tier.first_tokens(x, cu)
             h = self.heads[i]
             logits, conf, mask = ops.exit_head(cls_h, h.pooler.weight, h.pooler.bias,
                                                h.classifier.weight, h.classifier.bias, self._thresholds[i])

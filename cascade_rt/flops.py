@@ -7,6 +7,11 @@ RoBERTa's / ELECTRA's ``classifier.dense``, DistilBERT's ``pre_classifier``, all
 and the classifier.
 Element-wise work (LayerNorm, softmax, GELU, embeddings) is left out: it is O(tokens x
 hidden), a few percent of a layer.
+
+A classifier reads only the first token after its last layer, so that layer runs for the first
+token alone (``Tier.encode(first_tokens=True)``): the QKV projection still covers every token
+(keys and values; the CPU kernel computes the queries of every token too, with one fused
+weight), attention has one query per row, and the output projection and FFN one row.
 """
 from __future__ import annotations
 
@@ -21,31 +26,55 @@ def _cfg(c) -> TierConfig:
     return c.config if hasattr(c, "config") else c
 
 
-def tier_flops(config, lengths: Iterable[int]) -> int:
+def tier_flops(config, lengths: Iterable[int], first_tokens: bool = True) -> int:
     """FLOPs of one tier on rows of the given token lengths (padding-free).
 
     Args:
         config: a :class:`TierConfig` or a tier.
         lengths: token count of each row.
+        first_tokens: the last layer for each row's first token only, as the runtime runs it
+            (default); False counts it in full (every layer on every token, as a stock encoder
+            followed by a classifier does).
     """
     cfg = _cfg(config)
     lengths = [int(n) for n in lengths]
-    H, I, L, C = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_labels
+    L = cfg.num_hidden_layers
     tokens = sum(lengths)
-    per_token_layer = 2 * (4 * H * H + 2 * H * I)
-    attention = sum(2 * 2 * n * n * H for n in lengths)  # QK^T and PV, all heads
-    head = len(lengths) * 2 * (H * H + H * C)
-    project = tokens * 2 * cfg.embedding_size * H if getattr(cfg, "embedding_size", None) else 0
-    return L * (tokens * per_token_layer + attention) + head + project
+    project = tokens * 2 * cfg.embedding_size * cfg.hidden_size if getattr(cfg, "embedding_size", None) else 0
+    if not first_tokens:
+        return sum(_layer_flops(cfg, n) for n in lengths) * L + len(lengths) * _head_flops(cfg) + project
+    body = sum(_layer_flops(cfg, n) for n in lengths) * max(L - 1, 0)
+    last = sum(_last_layer_flops(cfg, n) for n in lengths) if L else 0
+    return body + last + len(lengths) * _head_flops(cfg) + project
 
 
-def padded_tier_flops(config, lengths: Sequence[int], padded_len: int | None = None) -> int:
+def _layer_flops(cfg, n: int) -> int:
+    """One full encoder layer on a row of ``n`` tokens: the four projections on every token,
+    QK^T and PV over all heads."""
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    return n * 2 * (4 * H * H + 2 * H * I) + 2 * 2 * n * n * H
+
+
+def _last_layer_flops(cfg, n: int) -> int:
+    """The last layer for the first token of a row of ``n`` tokens: QKV on every token, one
+    query's attention, the output projection and FFN on one token."""
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    return n * 2 * 3 * H * H + 2 * 2 * n * H + 2 * (H * H + 2 * H * I)
+
+
+def _head_flops(cfg) -> int:
+    H, C = cfg.hidden_size, cfg.num_labels
+    return 2 * (H * H + H * C)
+
+
+def padded_tier_flops(config, lengths: Sequence[int], padded_len: int | None = None,
+                      first_tokens: bool = True) -> int:
     """FLOPs of the same tier when every row is padded to ``padded_len`` (default: the longest)."""
     lengths = list(lengths)
     if not lengths:
         return 0
     S = max(lengths) if padded_len is None else int(padded_len)
-    return tier_flops(config, [S] * len(lengths))
+    return tier_flops(config, [S] * len(lengths), first_tokens)
 
 
 def cascade_flops(configs: Sequence, lengths_per_tier: Sequence[Iterable[int]]) -> int:
@@ -72,11 +101,13 @@ def analytic_speedup(configs: Sequence, lengths: Sequence[int], exit_tier: Seque
 
 def early_exit_flops(config, lengths: Sequence[int], exit_layer: Sequence[int]) -> int:
     """FLOPs of dynamic early exit on one backbone: row ``r`` runs layers ``0..exit_layer[r]``
-    and the exit head after each of them."""
+    and the exit head after each of them (the backbone's last layer for the first token only)."""
     cfg = _cfg(config)
-    H, I, C = cfg.hidden_size, cfg.intermediate_size, cfg.num_labels
+    L = cfg.num_hidden_layers
     total = 0
     for n, e in zip(lengths, exit_layer):
         layers = int(e) + 1
-        total += layers * (n * 2 * (4 * H * H + 2 * H * I) + 2 * 2 * n * n * H + 2 * (H * H + H * C))
+        full = layers - 1 if layers == L else layers  # the last layer runs for the first token only
+        total += full * _layer_flops(cfg, n) + (layers - full) * _last_layer_flops(cfg, n)
+        total += layers * _head_flops(cfg)
     return total

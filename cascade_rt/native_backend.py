@@ -43,8 +43,16 @@ if hasattr(_ops, "embed_layer_norm"):
 
 if hasattr(_ops, "encoder_layers"):
     @torch.library.register_fake("cascade_rt::encoder_layers")
-    def _(x, cu_seqlens, max_seqlen, weights, num_heads, eps, activation):
+    def _(x, cu_seqlens, max_seqlen, weights, num_heads, eps, activation, first_tokens=False):
+        if first_tokens:
+            return x.new_empty((cu_seqlens.shape[0] - 1, x.shape[1]))
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+if hasattr(_ops, "first_token_attention"):
+    @torch.library.register_fake("cascade_rt::first_token_attention")
+    def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 if hasattr(_ops, "panel_linear"):
@@ -144,6 +152,8 @@ OPS = {
 }
 if hasattr(_ops, "encoder_layers"):  # an extension built before the op existed lacks it
     OPS["encoder_layers"] = _ops.encoder_layers
+if hasattr(_ops, "first_token_attention"):
+    OPS["first_token_attention"] = _ops.first_token_attention
 if hasattr(_ops, "embed_layer_norm"):
     OPS["embed_layer_norm"] = _ops.embed_layer_norm
 
@@ -191,6 +201,14 @@ def why_not(op: str, *args) -> str | None:
         q, k, v, cu = args[:4]
         if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
             return f"q, k, v must be one (T, H, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        if not (q.dtype == k.dtype == v.dtype):
+            return "q, k, v dtypes differ"
+        return _float("q", q) or (None if cu.dtype == torch.int32 else "cu_seqlens must be int32")
+    if op == "first_token_attention":
+        q, k, v, cu = args[:4]
+        if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or q.shape[1:] != k.shape[1:]:
+            return (f"q must be (B, H, D) and k, v one (T, H, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                    f"{tuple(v.shape)}")
         if not (q.dtype == k.dtype == v.dtype):
             return "q, k, v dtypes differ"
         return _float("q", q) or (None if cu.dtype == torch.int32 else "cu_seqlens must be int32")

@@ -19,6 +19,7 @@ from .backends import dispatch
 
 __all__ = [
     "varlen_attention",
+    "first_token_attention",
     "add_layer_norm",
     "exit_head",
     "compact",
@@ -58,6 +59,29 @@ def varlen_attention(
     if zero_dead:
         return dispatch("varlen_attention", q, k, v, cu_seqlens, max_seqlen, softmax_scale)
     return dispatch("varlen_attention", q, k, v, cu_seqlens, max_seqlen, softmax_scale, False)
+
+
+def first_token_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of each packed sequence's first token over all of its tokens: what a
+    classifier's last layer needs (:func:`varlen_attention` at tokens ``cu_seqlens[:-1]``, the
+    other queries never computed).
+
+    Args:
+        q: (B, H, D): the first tokens' queries.  k, v: (T, H, D), packed; one float dtype.
+        cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row's length.
+        softmax_scale: defaults to ``1/sqrt(D)``.
+
+    Returns:
+        (B, H, D) in q's dtype, newly allocated; zeros for an empty sequence.
+    """
+    return dispatch("first_token_attention", q, k, v, cu_seqlens, int(max_seqlen), softmax_scale)
 
 
 def add_layer_norm(
@@ -254,6 +278,7 @@ def encoder_layers(
     num_heads: int,
     eps: float,
     activation: str = "gelu",
+    first_tokens: bool = False,
 ) -> torch.Tensor:
     """Every encoder layer of a tier in one call, on packed tokens of exact shape (the CPU path).
 
@@ -273,9 +298,17 @@ def encoder_layers(
         num_heads: attention heads.  eps: LayerNorm epsilon.
         activation: ``"gelu"`` (erf), ``"gelu_tanh"``, ``"relu"`` or ``"none"``.
 
+        first_tokens: return only each row's first token ([CLS]), ``(B, hidden)``: the last
+            layer then runs for those tokens alone (its keys and values still from every
+            token), which a classifier's exit head is all that reads. Every row must hold a
+            token.
+
     Returns:
         (T, hidden) in x's dtype, newly allocated; token slots past ``cu_seqlens[-1]`` are
-        unspecified.
+        unspecified. With ``first_tokens``: (B, hidden).
     """
+    if first_tokens:
+        return dispatch("encoder_layers", x, cu_seqlens, int(max_seqlen), list(weights), int(num_heads),
+                        float(eps), activation, True)
     return dispatch("encoder_layers", x, cu_seqlens, int(max_seqlen), list(weights), int(num_heads),
                     float(eps), activation)

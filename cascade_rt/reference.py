@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "varlen_attention_ref",
+    "first_token_attention_ref",
     "add_layer_norm_ref",
     "exit_head_ref",
     "compact_ref",
@@ -84,6 +85,46 @@ def varlen_attention_ref(
         scores = torch.matmul(qi, ki.transpose(-1, -2)) * softmax_scale
         probs = torch.softmax(scores, dim=-1)
         out[s:e] = torch.matmul(probs, vi).transpose(0, 1)
+    return out.to(q.dtype)
+
+
+def first_token_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of each sequence's first token over all of that sequence's tokens: row ``b``
+    of :func:`varlen_attention_ref`'s output at token ``cu_seqlens[b]``, computed for that token
+    only (what a classifier's last layer needs).
+
+    q: (B, H, D), the first tokens' queries.  k, v: (T, H, D), packed, q's dtype.
+    cu_seqlens: (B+1,), int32.  max_seqlen: unused here (the op's signature).
+    Returns (B, H, D) in q's dtype, computed in fp32 (fp64 for fp64 input); an empty
+    sequence gives zeros. No host sync (a softmax per row through scatter and index adds).
+    """
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    acc = torch.promote_types(q.dtype, torch.float32)
+    B, H, D = q.shape
+    T = k.shape[0]
+    row = token_row_ids_ref(cu_seqlens, T)  # B for dead slots
+    live = row < B
+    row = row.clamp(max=max(B - 1, 0))
+    if B == 0 or T == 0:
+        return q.new_zeros((B, H, D))
+    qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
+    scores = (kf * qf[row]).sum(-1) * softmax_scale  # (T, H)
+    scores = scores.masked_fill(~live[:, None], -math.inf)
+    top = torch.full((B, H), -math.inf, dtype=acc, device=q.device)
+    top = top.scatter_reduce(0, row[:, None].expand(T, H), scores, "amax")
+    p = torch.exp(scores - top[row].nan_to_num(neginf=0.0)).masked_fill(~live[:, None], 0.0)
+    den = torch.zeros((B, H), dtype=acc, device=q.device).index_add_(0, row, p)
+    weighted = torch.where(live[:, None, None], p[..., None] * vf, 0.0)  # dead slots may hold NaN
+    out = torch.zeros((B, H, D), dtype=acc, device=q.device).index_add_(0, row, weighted)
+    out = out / den.clamp(min=torch.finfo(acc).tiny)[..., None]
     return out.to(q.dtype)
 
 
@@ -376,6 +417,7 @@ def encoder_layers_ref(
     num_heads: int,
     eps: float,
     activation: str,
+    first_tokens: bool = False,
 ) -> torch.Tensor:
     """Every encoder layer of a tier, one after another, on packed tokens (post-LayerNorm BERT).
 
@@ -392,10 +434,19 @@ def encoder_layers_ref(
     num_heads: attention heads (``hidden % num_heads == 0``).  eps: both LayerNorms' epsilon.
     activation: the intermediate activation, one of :data:`LINEAR_ACTIVATIONS`.
     Returns (T, hidden) in x's dtype; token slots past ``cu_seqlens[-1]`` are unspecified.
+    first_tokens: return each row's first token only, (B, hidden): the full result at
+    ``cu_seqlens[:-1]`` (every row must hold a token).
     """
     if len(weights) % ENCODER_WEIGHTS_PER_LAYER:
         raise ValueError(f"encoder_layers: weights must hold {ENCODER_WEIGHTS_PER_LAYER} tensors per layer, "
                          f"got {len(weights)}")
+    if first_tokens:
+        lens = cu_seqlens[1:] - cu_seqlens[:-1]
+        if bool((lens <= 0).any()):
+            row = int(torch.nonzero(lens <= 0)[0, 0])
+            raise ValueError(f"encoder_layers: with first_tokens every row needs a token, row {row} is empty")
+        full = encoder_layers_ref(x, cu_seqlens, max_seqlen, weights, num_heads, eps, activation)
+        return full.index_select(0, cu_seqlens[:-1].to(torch.int64))
     T, hidden = x.shape
     D = hidden // num_heads
     for i in range(0, len(weights), ENCODER_WEIGHTS_PER_LAYER):

@@ -5,6 +5,7 @@ from . import reference as _ref
 
 OPS = {
     "varlen_attention": _ref.varlen_attention_ref,
+    "first_token_attention": _ref.first_token_attention_ref,
     "add_layer_norm": _ref.add_layer_norm_ref,
     "exit_head": _ref.exit_head_ref,
     "compact": _ref.compact_ref,

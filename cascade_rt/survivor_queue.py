@@ -25,7 +25,6 @@ import torch
 
 from . import ops
 from .inputs import InputError
-from .tier import Tier
 
 __all__ = ["SurvivorQueue", "BATCH_KEYS"]
 
@@ -176,9 +175,8 @@ class SurvivorQueue:
         cu = torch.from_numpy(cu_host).to(dev)
         with torch.profiler.record_function(f"cascade_rt.tier{i}"):
             msl = int(seg.lens.max()) if max_seqlen is None else max_seqlen
-            hidden = tier.encode(seg.tokens[:, 0], seg.tokens[:, 1], cu, msl)
-            logits, conf, exit_mask = tier.exit_head(Tier.first_tokens(hidden, cu),
-                                                     0.0 if last else model.thresholds[i])
+            cls_hidden = tier.encode(seg.tokens[:, 0], seg.tokens[:, 1], cu, msl, first_tokens=True)
+            logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else model.thresholds[i])
             if last:
                 exit_mask = torch.ones_like(exit_mask)
             row_index = torch.from_numpy(seg.gids - self.base).to(dev)

@@ -269,7 +269,7 @@ class _CpuPlan:
             fns.append(fn)
         return cls(tier, *fns)
 
-    def encode(self, input_ids, token_type_ids, cu_seqlens, max_seqlen) -> torch.Tensor | None:
+    def encode(self, input_ids, token_type_ids, cu_seqlens, max_seqlen, first_tokens=False) -> torch.Tensor | None:
         T = input_ids.shape[0]
         pos = _positions_in_rows_cpu(cu_seqlens, T) if self.zero_based else None
         if pos is None:
@@ -280,6 +280,8 @@ class _CpuPlan:
         x = self.embed_fn(input_ids, pos, token_type_ids if self.typed else None, word, pos_w, type_w, ln_w, ln_b,
                           self.args[1], None)
         weights = tier.encoder_weights(self.layout)
+        if first_tokens:
+            return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args, True)
         return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args)
 
     def exit_head(self, cls_hidden, threshold: float):
@@ -350,6 +352,7 @@ class Tier(nn.Module):
         max_seqlen: int,
         *,
         sync_free: bool = False,
+        first_tokens: bool = False,
     ) -> torch.Tensor:
         """Run embeddings and every layer on packed tokens.
 
@@ -359,28 +362,39 @@ class Tier(nn.Module):
             cu_seqlens: (B+1,), int32.  max_seqlen: host upper bound of a row's length.
             sync_free: ``T`` is an upper bound with many dead slots (the cascade's sync-free
                 mode); see :meth:`run_layer`.
+            first_tokens: return each row's first-token ([CLS]) state only, ``(B, hidden)``,
+                what :meth:`first_tokens` reads from the full result. With exact shapes the
+                last layer then runs for those tokens alone (its keys and values from every
+                token; a classifier reads nothing else), which saves most of that layer;
+                elsewhere (sync-free, no backend for it) every layer runs in full and the
+                first tokens are read from the result. Exact shapes need every row non-empty.
 
         Returns:
             hidden states (T, hidden_size) in the tier's dtype; with ``sync_free``, rows past
-            ``cu_seqlens[-1]`` hold no meaningful values.
+            ``cu_seqlens[-1]`` hold no meaningful values. With ``first_tokens``: (B, hidden).
         """
         backends.check_model_backend(input_ids.device, sync_free)
         if not sync_free and input_ids.device.type == "cpu":
             plan = self._cpu_plan()
             if plan is not None:
-                y = plan.encode(input_ids, token_type_ids, cu_seqlens, max_seqlen)
+                y = plan.encode(input_ids, token_type_ids, cu_seqlens, max_seqlen, first_tokens)
                 if y is not None:
                     return y
         x = self.embed(input_ids, token_type_ids, cu_seqlens, sync_free=sync_free)
         if not sync_free:
-            y = self._encode_fused(x, cu_seqlens, max_seqlen)
+            y = self._encode_fused(x, cu_seqlens, max_seqlen, first_tokens)
             if y is not None:
                 return y
-        for i in range(self.config.num_hidden_layers):
-            x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)
+        L = self.config.num_hidden_layers
+        for i in range(L):
+            last = first_tokens and not sync_free and i == L - 1
+            x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free, first_tokens=last)
+        if first_tokens and (sync_free or L == 0):
+            return self.first_tokens(x, cu_seqlens)
         return x
 
-    def _encode_fused(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor | None:
+    def _encode_fused(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                      first_tokens: bool = False) -> torch.Tensor | None:
         """Every layer in one :func:`cascade_rt.ops.encoder_layers` call (exact shapes), or
         ``None`` where no backend runs that op on these inputs (CUDA, a forced Triton backend,
         tracing): the caller then runs :meth:`run_layer` per layer. With the native CPU kernel
@@ -402,6 +416,8 @@ class Tier(nn.Module):
             return None
         weights = (self.encoder_weights(packing("cpu", x.dtype), signature=sig) if name == "native"
                    else plain)
+        if first_tokens:
+            return fn(x, cu_seqlens, int(max_seqlen), weights, *args, True)
         return fn(x, cu_seqlens, int(max_seqlen), weights, *args)
 
     def _cpu_plan(self) -> "_CpuPlan | None":
@@ -530,9 +546,14 @@ class Tier(nn.Module):
 
     def run_layer(
         self, i: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
-        sync_free: bool = False,
+        sync_free: bool = False, first_tokens: bool = False,
     ) -> torch.Tensor:
         """Encoder layer ``i`` on packed hidden states (T, hidden) -> (T, hidden).
+
+        ``first_tokens`` (exact shapes only, every row non-empty): the layer's output for each
+        row's first token only, ``(B, hidden)`` (:meth:`first_tokens` of the full output):
+        queries, attention, the output dense, the FFN and both LayerNorms run for those ``B``
+        tokens, keys and values for all ``T``.
 
         ``sync_free=False`` (exact shapes, ``T`` about the live token count): the four dense
         layers run as :func:`cascade_rt.dense.dense` (cuBLAS on CUDA, oneDNN with the
@@ -555,9 +576,25 @@ class Tier(nn.Module):
             return dense_layer(t, weight, bias, act)
 
         w_qkv, b_qkv = layer.qkv_weights()
-        qkv = dense(x, w_qkv, b_qkv).view(T, 3, H, D)
-        ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, 1.0 / math.sqrt(D),
-                                   zero_dead=not sync_free)
+        if first_tokens:
+            if sync_free:
+                raise ValueError("run_layer: first_tokens needs exact shapes (sync_free=False)")
+            first = cu_seqlens[:-1].to(torch.int64)
+            x_all, x = x, x.index_select(0, first)
+            T = x.shape[0]
+            # the queries of the first tokens, the keys and values of every token
+            kv = dense(x_all, w_qkv[H * D:], b_qkv[H * D:]).view(-1, 2, H, D)
+            scale = 1.0 / math.sqrt(D)
+            try:
+                q = dense(x, w_qkv[: H * D], b_qkv[: H * D]).view(T, H, D)
+                ctx = ops.first_token_attention(q, kv[:, 0], kv[:, 1], cu_seqlens, max_seqlen, scale)
+            except NotImplementedError:  # a forced backend without it: every query, first ones kept
+                q = dense(x_all, w_qkv[: H * D], b_qkv[: H * D]).view(-1, H, D)
+                ctx = ops.varlen_attention(q, kv[:, 0], kv[:, 1], cu_seqlens, max_seqlen, scale).index_select(0, first)
+        else:
+            qkv = dense(x, w_qkv, b_qkv).view(T, 3, H, D)
+            ctx = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
+                                       1.0 / math.sqrt(D), zero_dead=not sync_free)
         live = cu_seqlens if sync_free else None
         ao = layer.attention.output
         attn = dense(ctx.reshape(T, H * D), ao.dense.weight, ao.dense.bias)
@@ -590,8 +627,9 @@ class Tier(nn.Module):
         )
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
-        hidden = self.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen)
-        logits, _, _ = self.exit_head(self.first_tokens(hidden, batch.cu_seqlens), 1.0)
+        cls_hidden = self.encode(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, batch.max_seqlen,
+                                 first_tokens=True)
+        logits, _, _ = self.exit_head(cls_hidden, 1.0)
         return logits
 
     @torch.no_grad()

@@ -16,6 +16,9 @@ TORCH_LIBRARY(cascade_rt, m) {
       "varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, "
       "float? softmax_scale=None) -> Tensor");
   m.def(
+      "first_token_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, "
+      "float? softmax_scale=None) -> Tensor");
+  m.def(
       "add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> Tensor");
   m.def(
       "exit_head(Tensor cls_hidden, Tensor pooler_w, Tensor pooler_b, Tensor cls_w, Tensor cls_b, "
@@ -34,7 +37,7 @@ TORCH_LIBRARY(cascade_rt, m) {
       "Tensor");
   m.def(
       "encoder_layers(Tensor x, Tensor cu_seqlens, int max_seqlen, Tensor[] weights, int num_heads, "
-      "float eps, str activation) -> Tensor");
+      "float eps, str activation, bool first_tokens=False) -> Tensor");
   m.def("panel_pack(Tensor weight) -> Tensor");
   m.def(
       "panel_linear(Tensor x, Tensor weight, Tensor? bias, int out_features, str activation=\"none\") "

@@ -105,8 +105,11 @@ def test_flops_model_counts_what_ran(tier_dirs, tokenizer, sentences):
     assert sp == pytest.approx(flops.tier_flops(cfgs[-1], lens) / spent, rel=1e-12)
     # nobody exits early: the cascade costs more than the last tier alone
     assert flops.analytic_speedup(cfgs, lens, [2] * len(lens)) < 1
-    # everybody exits at a 1-layer tier: close to 6x cheaper than 6 layers
-    assert 5 < flops.analytic_speedup(cfgs, lens, [0] * len(lens)) < 6.01
+    # everybody exits at a 1-layer tier: more than 6x cheaper than 6 layers (its only layer, like
+    # the 6-layer tier's last, runs for the first token alone)
+    everybody = flops.analytic_speedup(cfgs, lens, [0] * len(lens))
+    assert everybody == pytest.approx(flops.tier_flops(cfgs[-1], lens) / flops.tier_flops(cfgs[0], lens))
+    assert 6 < everybody
 
 
 def test_tier_flops_by_hand():
@@ -114,7 +117,13 @@ def test_tier_flops_by_hand():
 
     cfg = TierConfig(vocab_size=10, hidden_size=4, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=8, num_labels=3)
-    # per token per layer: 2*(4*16 + 2*4*8) = 256; attention for n tokens: 4*n*n*4 = 16 n^2
-    # rows of 1 and 3 tokens: layers 2*(4*256 + 16*(1+9)) = 2368; head 2 rows * 2*(16+12) = 112
-    assert flops.tier_flops(cfg, [1, 3]) == 2368 + 112
+    # first layer, per token: 2*(4*16 + 2*4*8) = 256; attention for n tokens: 4*n*n*4 = 16 n^2;
+    # rows of 1 and 3 tokens: 4*256 + 16*(1+9) = 1184
+    # last layer, first token only: QKV on every token 2*3*16 = 96 per token, one query's
+    # attention 4*n*4 = 16 n, output dense + FFN on one token 2*(16 + 2*4*8) = 160:
+    # (96 + 16 + 160) + (288 + 48 + 160) = 768; head 2 rows * 2*(16+12) = 112
+    assert flops.tier_flops(cfg, [1, 3]) == 1184 + 768 + 112
     assert flops.padded_tier_flops(cfg, [1, 3]) == flops.tier_flops(cfg, [3, 3])
+    # early exit after layer 0 runs it in full and one head; after layer 1 (the last), as the tier
+    assert flops.early_exit_flops(cfg, [1, 3], [0, 0]) == 1184 + 112
+    assert flops.early_exit_flops(cfg, [1, 3], [1, 1]) == 1184 + 768 + 2 * 112

@@ -101,6 +101,50 @@ def test_encoder_layers_dispatch_and_reference_take_packed_weights(packed):
                                atol=2e-5, rtol=0)
 
 
+FIRST_LENGTHS = [[1, 7, 33, 2], [5], [60, 3], [49, 48, 47], [1]]
+
+
+@pytest.mark.parametrize("lengths", FIRST_LENGTHS, ids=str)
+@pytest.mark.parametrize("dtype,atol,packed", [(d, a, p) for d, a in TOLS for p in LAYOUTS + ["plain"]
+                                               if p != "panel" or d == torch.float32],
+                         ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encoder_layers_first_tokens_match_the_full_result(lengths, dtype, atol, packed, layers):
+    """first_tokens: the last layer runs for each row's first token only; the result is the full
+    encoder's output at cu_seqlens[:-1] (the reference defines it so)."""
+    g = torch.Generator().manual_seed(sum(lengths) + layers)
+    cu, T = cu_of(lengths, "cpu")
+    x = torch.randn(T, HIDDEN, generator=g).to(dtype)
+    ws = _weights(dtype, g, layers=layers)
+    args = (cu, max(lengths))
+    with poisoned():
+        got = torch.ops.cascade_rt.encoder_layers(x, *args, _packed(ws, packed), HEADS, EPS, "gelu", True)
+    want = R.encoder_layers_ref(x, *args, ws, HEADS, EPS, "gelu", True)
+    full = R.encoder_layers_ref(x, *args, ws, HEADS, EPS, "gelu")
+    assert got.shape == (len(lengths), HIDDEN) and got.dtype == dtype
+    assert torch.equal(want, full.index_select(0, cu[:-1].long()))
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
+    torch.testing.assert_close(ops.encoder_layers(x, *args, _packed(ws, packed), HEADS, EPS, "gelu",
+                                                  first_tokens=True), want, atol=atol, rtol=0)
+
+
+def test_encoder_layers_first_tokens_edges():
+    g = torch.Generator().manual_seed(5)
+    ws = _weights(torch.float32, g, layers=1)
+    cu, T = cu_of([3, 0, 2], "cpu")
+    x = torch.randn(T, HIDDEN, generator=g)
+    with pytest.raises(RuntimeError, match="row 1 is empty"):
+        torch.ops.cascade_rt.encoder_layers(x, cu, 3, ws, HEADS, EPS, "gelu", True)
+    with pytest.raises(ValueError, match="row 1 is empty"):
+        R.encoder_layers_ref(x, cu, 3, ws, HEADS, EPS, "gelu", True)
+    cu, T = cu_of([3, 2], "cpu")
+    x = torch.randn(T, HIDDEN, generator=g)
+    # no layers: the embeddings' first tokens; no rows: an empty (0, hidden)
+    assert torch.equal(torch.ops.cascade_rt.encoder_layers(x, cu, 3, [], HEADS, EPS, "gelu", True), x[[0, 3]])
+    none = torch.ops.cascade_rt.encoder_layers(x[:0], cu[:1], 0, ws, HEADS, EPS, "gelu", True)
+    assert none.shape == (0, HIDDEN)
+
+
 def test_encoder_layers_rejects_bad_weights():
     g = torch.Generator().manual_seed(4)
     cu, T = cu_of([3], "cpu")
@@ -192,6 +236,36 @@ def test_tier_runs_one_fused_call_and_matches_the_per_op_path(monkeypatch, layou
     with torch.no_grad():
         want = tier.encode(*args)
     assert torch.equal(tier.encode(*args), want)
+
+
+def test_tier_first_tokens_on_every_path(monkeypatch, layout):
+    """encode(first_tokens=True) and run_layer(first_tokens=True) give the full encoder's [CLS]
+    states on the fused native path, the forced reference, the per-layer path, and a forced
+    backend that lacks first_token_attention (which falls back to the full attention)."""
+    from cascade_rt import native_backend as N
+    from cascade_rt.inputs import prepare_inputs
+
+    tier = _tier(3, 40, 5, 7)
+    ids, mask, types = _padded([1, 7, 60, 2, 33], seed=2, width=64)
+    b = prepare_inputs(ids, mask, types, None, None, limits=[tier.config], device=tier.device)
+    args = (b.input_ids, b.token_type_ids, b.cu_seqlens, b.max_seqlen)
+    with torch.no_grad():
+        want = tier.first_tokens(tier.encode(*args), b.cu_seqlens)
+        torch.testing.assert_close(tier.encode(*args, first_tokens=True), want, atol=2e-5, rtol=0)
+        with backends.use_backend("reference"):
+            torch.testing.assert_close(tier.encode(*args, first_tokens=True), want, atol=2e-5, rtol=0)
+        x = tier.embed(b.input_ids, b.token_type_ids, b.cu_seqlens)
+        for i in range(2):
+            x = tier.run_layer(i, x, b.cu_seqlens, b.max_seqlen)
+        got = tier.run_layer(2, x, b.cu_seqlens, b.max_seqlen, first_tokens=True)
+        assert got.shape == (5, 40)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+        with pytest.raises(ValueError, match="exact shapes"):
+            tier.run_layer(2, x, b.cu_seqlens, b.max_seqlen, first_tokens=True, sync_free=True)
+        monkeypatch.delitem(N.OPS, "first_token_attention")
+        with backends.use_backend("native"):
+            got = tier.run_layer(2, x, b.cu_seqlens, b.max_seqlen, first_tokens=True)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 
 def test_packed_weights_follow_every_kind_of_update(layout):

@@ -13,6 +13,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cascade_rt
 from cascade_rt import backends, reference as R
@@ -324,6 +326,63 @@ def test_linear_is_atens_on_cpu():
         assert "no native CUDA linear" in N.why_not("linear", x.cuda(), w.cuda(), b.cuda(), cu.cuda(), "none")
 
 
+# -- first-token attention (a classifier's last layer) ----------------------------------------
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("dtype,atol,rtol", FLOAT_TOLS)
+def test_first_token_attention(lengths, dtype, atol, rtol):
+    torch.manual_seed(len(lengths) + 11)
+    cu, T = cu_of(lengths, "cpu", extra=3)
+    H, D = 3, 24
+    qkv = torch.randn(T, 3, H, D).to(dtype)
+    qkv[int(cu[-1]):] = float("nan")  # dead slots must not leak into anything
+    k, v = qkv[:, 1], qkv[:, 2]  # strided views, as the tier passes them
+    first = cu[:-1].to(torch.int64).clamp(max=max(T - 1, 0))
+    q = qkv[:, 0].index_select(0, first) if T else qkv.new_zeros((len(lengths), H, D))
+    out = native("first_token_attention", q, k, v, cu, max(lengths, default=0), None)
+    ref = R.first_token_attention_ref(q, k, v, cu, 0)
+    assert out.dtype == dtype and out.shape == (len(lengths), H, D)
+    torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
+    # the reference is the full attention's first token of each row; empty rows are zeros
+    full = R.varlen_attention_ref(qkv[:, 0], k, v, cu, 0)
+    for b, n in enumerate(lengths):
+        want = full[int(cu[b])] if n else torch.zeros(H, D, dtype=dtype)
+        torch.testing.assert_close(ref[b], want, atol=atol, rtol=rtol)
+
+
+@given(lengths=st.lists(st.integers(0, 70), max_size=6), heads=st.integers(1, 4), head_dim=st.integers(1, 19),
+       scale=st.one_of(st.none(), st.floats(0.05, 3.0)))
+@settings(max_examples=40, deadline=None)
+def test_first_token_attention_matches_full_attention_rows(lengths, heads, head_dim, scale):
+    g = torch.Generator().manual_seed(sum(lengths) + heads + head_dim)
+    cu, T = cu_of(lengths, "cpu")
+    q_all, k, v = (torch.randn(T, heads, head_dim, generator=g) for _ in range(3))
+    first = cu[:-1].to(torch.int64).clamp(max=max(T - 1, 0))
+    q = q_all.index_select(0, first) if T else torch.zeros(len(lengths), heads, head_dim)
+    out = native("first_token_attention", q, k, v, cu, max(lengths, default=0), scale)
+    assert out.shape == (len(lengths), heads, head_dim)
+    if not lengths:
+        return
+
+    def rows(full):  # the full attention's first token of each row, zeros for an empty row
+        return torch.stack([full[int(cu[b])] if n else full.new_zeros(heads, head_dim)
+                            for b, n in enumerate(lengths)])
+
+    # against the full attention computed in float64, to fp32 rounding (the varlen kernel's tolerance)
+    truth = rows(R.varlen_attention_ref(q_all.double(), k.double(), v.double(), cu, 0, scale)).float()
+    torch.testing.assert_close(out, truth, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(R.first_token_attention_ref(q, k, v, cu, 0, scale), truth, atol=2e-5, rtol=2e-5)
+
+
+def test_first_token_attention_rejects_bad_shapes():
+    cu, T = cu_of([3, 2], "cpu")
+    k = v = torch.randn(T, 2, 8)
+    with pytest.raises(RuntimeError, match="holds 3 rows but cu_seqlens 2"):
+        torch.ops.cascade_rt.first_token_attention(torch.randn(3, 2, 8), k, v, cu, 3)
+    with pytest.raises(RuntimeError, match=r"q must be \(B, H, D\)"):
+        torch.ops.cascade_rt.first_token_attention(torch.randn(2, 4, 4), k, v, cu, 3)
+    assert "q must be (B, H, D)" in N.why_not("first_token_attention", torch.randn(2, 4, 4), k, v, cu, 3, None)
+
+
 # -- opcheck: schema, fake impl, tracing -----------------------------------------------------
 def _opcheck_cases(device):
     g = torch.Generator().manual_seed(0)
@@ -346,12 +405,13 @@ def _opcheck_cases(device):
     }
     if device == "cpu":
         cases["varlen_attention"] = (q, k, v, cu, 5, None)
+        cases["first_token_attention"] = (q[:3], k, v, cu, 5, None)
     return cases
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["varlen_attention", "add_layer_norm", "exit_head", "compact",
-                                "scatter_exits", "pack", "unpack"])
+@pytest.mark.parametrize("op", ["varlen_attention", "first_token_attention", "add_layer_norm", "exit_head",
+                                "compact", "scatter_exits", "pack", "unpack"])
 def test_opcheck(device, op):
     cases = _opcheck_cases(device)
     if op not in cases:

@@ -190,7 +190,7 @@ def test_later_tiers_run_on_upper_bound_shapes(tiers):
     assert [s[0] for s in seen] == [0, 1, 2]
     for i, t_ids, cu, max_seqlen, kwargs in seen:
         assert t_ids.shape == (B * S,) and cu.shape == (B + 1,) and max_seqlen == S
-        assert kwargs == {"sync_free": True}  # the dense layers are told to skip dead rows
+        assert kwargs == {"sync_free": True, "first_tokens": True}  # dense layers skip dead rows
         reached = out.exit_tier >= i
         n = int(reached.sum())
         row_lens = (cu[1:] - cu[:-1]).to(torch.int64)

@@ -62,11 +62,14 @@ def test_logits_and_gradients_match_transformers(seed, layers, heads, head_dim, 
     err_hf = (out_hf.double() - ref).abs().amax(-1)
     err = (got.double() - ref).abs().amax(-1)
     assert bool((err <= 4 * err_hf + 1e-6).all()), (err, err_hf)
+    # a floor of fp32 rounding at the scale of the model's gradients: a gradient that is exactly
+    # zero in float64 (the query weights when every row is one token) is only that close to zero
+    grad_scale = max(float(r.abs().max()) for r in g_ref if r is not None)
     for name, a, b, r in zip([n for n, _ in m.named_parameters()], g_got, g_hf, g_ref):
         if r is None:  # unused by transformers' forward too (none for a classifier)
             assert a is None or float(a.abs().max()) == 0.0, name
             continue
-        scale = float(r.abs().max()) + 1e-6
+        scale = max(float(r.abs().max()), grad_scale * 1e-3)
         e_ours = float((a.double() - r).abs().max()) if a is not None else float(r.abs().max())
         e_hf = float((b.double() - r).abs().max())
         assert e_ours <= 4 * e_hf + 1e-6 * scale, name

@@ -32,6 +32,9 @@ const char* gemm_backend();
 at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const at::Tensor& cu_seqlens, int64_t max_seqlen,
                                 std::optional<double> softmax_scale);
+at::Tensor first_token_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                                     std::optional<double> softmax_scale);
 at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
                               const at::Tensor& weight, const at::Tensor& bias, double eps);
 

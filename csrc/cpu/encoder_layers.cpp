@@ -8,7 +8,8 @@
 // Python packs them (cascade_rt/dense.py) and picks the layout by row count. Attention and
 // add+LayerNorm are this extension's own CPU kernels, called directly. Nothing here returns
 // to Python between ops, which at batch 1 is most of what a per-op forward spends outside
-// its GEMMs.
+// its GEMMs. With first_tokens the last layer runs for each row's first token only (a
+// classifier reads nothing else), which saves most of that layer.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <ATen/ops/gelu.h>
@@ -70,7 +71,7 @@ bool weight_is(const at::Tensor& w, int64_t n, int64_t k) {
 
 at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, int64_t max_seqlen,
                               at::TensorList weights, int64_t num_heads, double eps,
-                              c10::string_view activation) {
+                              c10::string_view activation, bool first_tokens) {
   const std::string act(activation);
   TORCH_CHECK(act == "none" || act == "relu" || act == "gelu" || act == "gelu_tanh",
               "encoder_layers: activation '", act, "' is not one of none, relu, gelu, gelu_tanh");
@@ -84,7 +85,15 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
   TORCH_CHECK(num_heads > 0 && hidden % num_heads == 0, "encoder_layers: hidden size ", hidden,
               " is not a multiple of num_heads = ", num_heads);
   const int64_t D = hidden / num_heads;
-  check_cu_seqlens(cu_seqlens, T, "encoder_layers");
+  const at::Tensor cu = check_cu_seqlens(cu_seqlens, T, "encoder_layers");
+  const int64_t B = cu.size(0) - 1;
+  if (first_tokens) {
+    const int32_t* cup = cu.data_ptr<int32_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(cup[b + 1] > cup[b], "encoder_layers: with first_tokens every row needs a token, row ", b,
+                  " is empty");
+    }
+  }
   const int64_t layers = (int64_t)weights.size() / kPerLayer;
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* w = weights.data() + l * kPerLayer;
@@ -108,9 +117,24 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
   c10::AutoGradMode no_grad(false);
   const double scale = 1.0 / std::sqrt((double)D);
   at::Tensor h = x.contiguous();
-  if (T == 0) return h.clone();
+  // first_tokens: the last layer computes the first token of each row only (its keys and values
+  // still come from every token); the rows' other tokens are never read after it
+  const at::Tensor first = first_tokens ? cu.narrow(0, 0, B).to(at::kLong) : at::Tensor();
+  if (T == 0) return first_tokens ? h.new_empty({0, hidden}) : h.clone();
+  if (first_tokens && layers == 0) return h.index_select(0, first);
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* w = weights.data() + l * kPerLayer;
+    if (first_tokens && l == layers - 1) {
+      at::Tensor qkv = dense(h, w[0], w[1], "none").view({T, 3, num_heads, D});
+      at::Tensor q = qkv.select(1, 0).index_select(0, first);
+      at::Tensor ctx = first_token_attention_cpu(q, qkv.select(1, 1), qkv.select(1, 2), cu, max_seqlen, scale);
+      at::Tensor hf = h.index_select(0, first);
+      at::Tensor attn = dense(ctx.view({B, hidden}), w[2], w[3], "none");
+      hf = add_layer_norm_cpu(attn, hf, w[4], w[5], eps);
+      at::Tensor inter = dense(hf, w[6], w[7], act);
+      at::Tensor out = dense(inter, w[8], w[9], "none");
+      return add_layer_norm_cpu(out, hf, w[10], w[11], eps);
+    }
     at::Tensor qkv = dense(h, w[0], w[1], "none").view({T, 3, num_heads, D});
     at::Tensor ctx = varlen_attention_cpu(qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2),
                                           cu_seqlens, max_seqlen, scale);

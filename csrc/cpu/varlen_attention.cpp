@@ -6,6 +6,7 @@
 // scratch with a vectorisable exp.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -99,6 +100,29 @@ CASCADE_RT_VECTOR_CLONES void attend_direct(const float* Q, int64_t qs, const fl
   }
 }
 
+// One query q over L keys and values (row strides ks, vs): o = softmax(scale q K^T) V; s: L floats
+// of scratch.
+CASCADE_RT_VECTOR_CLONES void first_token_attend(const float* q, const float* K, int64_t ks,
+                                                 const float* V, int64_t vs, float* o, int64_t L,
+                                                 int64_t D, float scale, float* s) {
+  for (int64_t j = 0; j < L; ++j) {
+    const float* k = K + j * ks;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t d = 0; d < D; ++d) acc += q[d] * k[d];
+    s[j] = acc;
+  }
+  softmax_row(s, L, scale);
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+  for (int64_t j = 0; j < L; ++j) {
+    const float p = s[j];
+    const float* v = V + j * vs;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] += p * v[d];
+  }
+}
+
 at::Tensor as_f32_rows(const at::Tensor& t) {
   at::Tensor f = t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
   // the GEMMs read (L x D) blocks: unit stride along D, token stride >= D (a BLAS rule)
@@ -187,6 +211,61 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   return dt == at::kFloat ? out : out.to(dt);
 }
 
-TORCH_LIBRARY_IMPL(cascade_rt, CPU, m) { m.impl("varlen_attention", &varlen_attention_cpu); }
+// One query per sequence (its first token's) over all of that sequence's keys: what a
+// classifier's last layer needs, as only the first token's state is read after it. q: (B, H, D),
+// the queries already gathered; k, v: (T, H, D) packed. Each (sequence, head) is a dot product
+// per key, a softmax over at most max_seqlen scores and a weighted sum of the values; an empty
+// sequence gives zeros.
+at::Tensor first_token_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                                     std::optional<double> softmax_scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && k.sizes() == v.sizes() &&
+                  q.size(1) == k.size(1) && q.size(2) == k.size(2),
+              "first_token_attention: q must be (B, H, D) and k, v one (T, H, D) shape, got ",
+              q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "first_token_attention: q, k, v must have one dtype, got ", q.scalar_type(), ", ",
+              k.scalar_type(), ", ", v.scalar_type());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "first_token_attention: q must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(max_seqlen >= 0, "first_token_attention: max_seqlen must be >= 0, got ", max_seqlen);
+  const int64_t T = k.size(0), H = k.size(1), D = k.size(2), B = q.size(0);
+  at::Tensor cu = check_cu_seqlens(cu_seqlens, T, "first_token_attention");
+  TORCH_CHECK(cu.size(0) - 1 == B, "first_token_attention: q holds ", B, " rows but cu_seqlens ",
+              cu.size(0) - 1);
+  const int32_t* cup = cu.data_ptr<int32_t>();
+  const float scale =
+      (float)(softmax_scale.has_value() ? *softmax_scale : 1.0 / std::sqrt((double)D));
+  at::Tensor out = at::zeros({B, H, D}, q.options().dtype(at::kFloat));
+  int64_t lmax = 0;
+  for (int64_t b = 0; b < B; ++b) lmax = std::max<int64_t>(lmax, cup[b + 1] - cup[b]);
+  if (B == 0 || H == 0 || D == 0 || lmax == 0) return dt == at::kFloat ? out : out.to(dt);
+
+  at::Tensor qf = as_f32_rows(q), kf = as_f32_rows(k), vf = as_f32_rows(v);
+  const float *qp = qf.data_ptr<float>(), *kp = kf.data_ptr<float>(), *vp = vf.data_ptr<float>();
+  const int64_t qs0 = qf.stride(0), qs1 = qf.stride(1);
+  const int64_t ks0 = kf.stride(0), ks1 = kf.stride(1);
+  const int64_t vs0 = vf.stride(0), vs1 = vf.stride(1);
+  float* op = out.data_ptr<float>();
+  // a task is one (sequence, head): ~4 L D flops; batch them so that a thread gets real work
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 4 * lmax * D));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(lmax);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / H, h = t % H;
+      const int64_t start = cup[b], L = cup[b + 1] - cup[b];
+      if (L == 0) continue;
+      first_token_attend(qp + b * qs0 + h * qs1, kp + start * ks0 + h * ks1, ks0,
+                         vp + start * vs0 + h * vs1, vs0, op + (b * H + h) * D, L, D, scale, s.data());
+    }
+  });
+  return dt == at::kFloat ? out : out.to(dt);
+}
+
+TORCH_LIBRARY_IMPL(cascade_rt, CPU, m) {
+  m.impl("varlen_attention", &varlen_attention_cpu);
+  m.impl("first_token_attention", &first_token_attention_cpu);
+}
 
 }  // namespace cascade_rt::cpu
