@@ -13,7 +13,7 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
    single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 5. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
    per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
-   measured speed-up (wall clock; the points of one method timed together, interleaved
+   measured speed-up (wall clock; every point of every method timed together, interleaved
    with the 6-layer tier alone) on test.
 Every step runs once per training seed (``--seeds``; the split stays fixed). Writes
 ``sweep.json`` (a list of points, each with its seed), ``sweep_seed<s>.json``,
@@ -126,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=128, help="inference batch for the measured speed-up")
     p.add_argument("--timing-runs", type=int, default=3,
                    help="timed rounds over the test split, after one warm-up round; a round runs the final "
-                        "tier alone once and every point of one method once, in an order that turns each "
+                        "tier alone once and every point of every method once, in an order that turns each "
                         "round; a point's measured speed-up is the median of its per-round ratios (their "
                         "spread is recorded)")
     p.add_argument("--warmup-rows", type=int, default=None,
