@@ -60,6 +60,19 @@ CASCADE_RT_VECTOR_CLONES void softmax_row(float* row, int64_t n, float scale) {
   for (int64_t j = 0; j < n; ++j) row[j] *= inv;
 }
 
+// o (D floats) = sum over j < L of p[j] * V row j (row stride vs).
+CASCADE_RT_VECTOR_CLONES void weighted_values(const float* p, const float* V, int64_t vs, float* o,
+                                              int64_t L, int64_t D) {
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+  for (int64_t j = 0; j < L; ++j) {
+    const float pj = p[j];
+    const float* v = V + j * vs;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] += pj * v[d];
+  }
+}
+
 // Sequences up to this length skip the BLAS calls: at a few tokens per row, two sgemm calls per
 // (sequence, head) cost more in call overhead than the arithmetic (a 10-token row at batch 1
 // spent ~50 us per layer in them); the direct loops below vectorise along D instead.
@@ -88,15 +101,7 @@ CASCADE_RT_VECTOR_CLONES void attend_direct(const float* Q, int64_t qs, const fl
       for (int64_t j = 0; j < L; ++j) srow[j] += qd * kt[j];
     }
     softmax_row(srow, L, scale);
-    float* o = O + i * os;
-#pragma omp simd
-    for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-    for (int64_t j = 0; j < L; ++j) {
-      const float p = srow[j];
-      const float* v = V + j * vs;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) o[d] += p * v[d];
-    }
+    weighted_values(srow, V, vs, O + i * os, L, D);
   }
 }
 
@@ -113,14 +118,20 @@ CASCADE_RT_VECTOR_CLONES void first_token_attend(const float* q, const float* K,
     s[j] = acc;
   }
   softmax_row(s, L, scale);
-#pragma omp simd
-  for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-  for (int64_t j = 0; j < L; ++j) {
-    const float p = s[j];
-    const float* v = V + j * vs;
-#pragma omp simd
-    for (int64_t d = 0; d < D; ++d) o[d] += p * v[d];
-  }
+  weighted_values(s, V, vs, o, L, D);
+}
+
+// One float dtype for q, k and v, and max_seqlen >= 0; returns the dtype. `op` names the caller.
+at::ScalarType check_qkv_dtypes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                int64_t max_seqlen, const char* op) {
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must have one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": q must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(max_seqlen >= 0, op, ": max_seqlen must be >= 0, got ", max_seqlen);
+  return dt;
 }
 
 at::Tensor as_f32_rows(const at::Tensor& t) {
@@ -139,13 +150,7 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "varlen_attention: q, k, v must have one shape, got ", q.sizes(), ", ", k.sizes(),
               ", ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "varlen_attention: q, k, v must have one dtype, got ", q.scalar_type(), ", ",
-              k.scalar_type(), ", ", v.scalar_type());
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-              "varlen_attention: q must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(max_seqlen >= 0, "varlen_attention: max_seqlen must be >= 0, got ", max_seqlen);
+  const auto dt = check_qkv_dtypes(q, k, v, max_seqlen, "varlen_attention");
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
   at::Tensor cu = check_cu_seqlens(cu_seqlens, T, "varlen_attention");
   const int32_t* cup = cu.data_ptr<int32_t>();
@@ -223,13 +228,7 @@ at::Tensor first_token_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
                   q.size(1) == k.size(1) && q.size(2) == k.size(2),
               "first_token_attention: q must be (B, H, D) and k, v one (T, H, D) shape, got ",
               q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "first_token_attention: q, k, v must have one dtype, got ", q.scalar_type(), ", ",
-              k.scalar_type(), ", ", v.scalar_type());
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-              "first_token_attention: q must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(max_seqlen >= 0, "first_token_attention: max_seqlen must be >= 0, got ", max_seqlen);
+  const auto dt = check_qkv_dtypes(q, k, v, max_seqlen, "first_token_attention");
   const int64_t T = k.size(0), H = k.size(1), D = k.size(2), B = q.size(0);
   at::Tensor cu = check_cu_seqlens(cu_seqlens, T, "first_token_attention");
   TORCH_CHECK(cu.size(0) - 1 == B, "first_token_attention: q holds ", B, " rows but cu_seqlens ",
