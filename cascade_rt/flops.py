@@ -41,10 +41,9 @@ def tier_flops(config, lengths: Iterable[int], first_tokens: bool = True) -> int
     L = cfg.num_hidden_layers
     tokens = sum(lengths)
     project = tokens * 2 * cfg.embedding_size * cfg.hidden_size if getattr(cfg, "embedding_size", None) else 0
-    if not first_tokens:
-        return sum(_layer_flops(cfg, n) for n in lengths) * L + len(lengths) * _head_flops(cfg) + project
-    body = sum(_layer_flops(cfg, n) for n in lengths) * max(L - 1, 0)
-    last = sum(_last_layer_flops(cfg, n) for n in lengths) if L else 0
+    cut = first_tokens and L > 0  # the last layer for the first tokens only
+    body = sum(_layer_flops(cfg, n) for n in lengths) * (L - 1 if cut else L)
+    last = sum(_last_layer_flops(cfg, n) for n in lengths) if cut else 0
     return body + last + len(lengths) * _head_flops(cfg) + project
 
 

@@ -307,8 +307,5 @@ def encoder_layers(
         (T, hidden) in x's dtype, newly allocated; token slots past ``cu_seqlens[-1]`` are
         unspecified. With ``first_tokens``: (B, hidden).
     """
-    if first_tokens:
-        return dispatch("encoder_layers", x, cu_seqlens, int(max_seqlen), list(weights), int(num_heads),
-                        float(eps), activation, True)
     return dispatch("encoder_layers", x, cu_seqlens, int(max_seqlen), list(weights), int(num_heads),
-                    float(eps), activation)
+                    float(eps), activation, bool(first_tokens))

@@ -110,11 +110,11 @@ def first_token_attention_ref(
     acc = torch.promote_types(q.dtype, torch.float32)
     B, H, D = q.shape
     T = k.shape[0]
-    row = token_row_ids_ref(cu_seqlens, T)  # B for dead slots
-    live = row < B
-    row = row.clamp(max=max(B - 1, 0))
     if B == 0 or T == 0:
         return q.new_zeros((B, H, D))
+    row = token_row_ids_ref(cu_seqlens, T)  # B for dead slots
+    live = row < B
+    row = row.clamp(max=B - 1)
     qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
     scores = (kf * qf[row]).sum(-1) * softmax_scale  # (T, H)
     scores = scores.masked_fill(~live[:, None], -math.inf)

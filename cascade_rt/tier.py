@@ -280,9 +280,7 @@ class _CpuPlan:
         x = self.embed_fn(input_ids, pos, token_type_ids if self.typed else None, word, pos_w, type_w, ln_w, ln_b,
                           self.args[1], None)
         weights = tier.encoder_weights(self.layout)
-        if first_tokens:
-            return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args, True)
-        return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args)
+        return self.encoder_fn(x, cu_seqlens, int(max_seqlen), weights, *self.args, first_tokens)
 
     def exit_head(self, cls_hidden, threshold: float):
         return self.head_fn(cls_hidden, *self._head_weights(), threshold, self.tier._head_act)
@@ -416,9 +414,7 @@ class Tier(nn.Module):
             return None
         weights = (self.encoder_weights(packing("cpu", x.dtype), signature=sig) if name == "native"
                    else plain)
-        if first_tokens:
-            return fn(x, cu_seqlens, int(max_seqlen), weights, *args, True)
-        return fn(x, cu_seqlens, int(max_seqlen), weights, *args)
+        return fn(x, cu_seqlens, int(max_seqlen), weights, *args, first_tokens)
 
     def _cpu_plan(self) -> "_CpuPlan | None":
         """The CPU exact path with its choices made once (see :class:`_CpuPlan`), or ``None``
