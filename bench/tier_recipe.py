@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of distillation from --teacher (default: --large) in the cross-entropy term")
     p.add_argument("--teacher", default=None, help="a trained tier to distill from (default: --large)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    p.add_argument("--unlabeled", default=None,
+                   help="text without labels the tier also learns from, by distillation from --teacher (default: "
+                        "--large) alone: 'shipped' (the other shipped sets' training rows) or a CSV/JSONL/Parquet "
+                        "file with a text column; epochs count those rows too")
     p.add_argument("--init-from", default=None,
                    help="start from this trained classifier's first --layers layers, pooler and head "
                         "(e.g. the trained final tier) instead of the shipped MiniLM's")
@@ -80,23 +84,31 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rt.evaluate import dis, search_thresholds, simulate_exits, tier_row_costs
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
-    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_logits
+    from cascade_rt.data import unlabeled_texts
+    from cascade_rt.train import (Encoded, TrainConfig, difficulty_labels, encode, finetune, predict_probs,
+                                  teacher_logits)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     src = shipped_minilm_dir()
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
-    splits = load_dataset(args.data, seed=args.seed if args.split_seed is None else args.split_seed)
+    splits_seed = args.seed if args.split_seed is None else args.split_seed
+    splits = load_dataset(args.data, seed=splits_seed)
     tr, dv, te = (encode(tok, getattr(splits, s), 64) for s in ("train", "dev", "test"))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16,
                       margin=args.margin, lam=args.lam, dao_pairs=args.pairs, min_steps=args.min_steps,
                       distill=args.distill, distill_temperature=args.temperature)
-    teacher = None
-    if args.distill > 0:
+    teacher = teacher_fit = None
+    fit = tr  # the rows the tier trains on: the labelled ones, then any unlabelled text
+    if args.unlabeled:
+        pool = encode(tok, unlabeled_texts(args.unlabeled, splits, seed=splits_seed), 64)
+        fit = Encoded(tr.ids + pool.ids, tr.types + pool.types, tr.labels + pool.labels)
+    if args.distill > 0 or args.unlabeled:
         if not (args.teacher or args.large):
-            raise SystemExit("--distill needs --teacher or --large")
-        teacher = teacher_logits(Tier.from_pretrained(args.teacher or args.large), tr)
+            raise SystemExit("--distill and --unlabeled need --teacher or --large")
+        teacher_fit = teacher_logits(Tier.from_pretrained(args.teacher or args.large), fit)
+        teacher = teacher_fit[: len(tr)] if args.distill > 0 else None  # the fold models distill only with --distill
     diff = None
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
@@ -112,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             label_s = time.perf_counter() - t0
             cfg.dao = args.dao
         t0 = time.perf_counter()
-        finetune(init, tr, out, cfg, easy=diff["easy"] if args.dao else None, quiet=True, teacher_logits=teacher)
+        easy = diff["easy"] + [False] * (len(fit) - len(tr)) if args.dao else None  # unlabelled: not ranked
+        finetune(init, fit, out, cfg, easy=easy, quiet=True, teacher_logits=teacher_fit)
         train_s = time.perf_counter() - t0
         tier = Tier.from_pretrained(out)
     p_dv = predict_probs(tier, dv)
     y_dv, y_te = np.array(dv.labels), np.array(te.labels)
     rec = {"recipe": {k: v for k, v in vars(args).items() if k not in ("log", "out", "threads", "final")},
            "splits_reported": ["dev", "test"] if args.final else ["dev"],
+           "train_rows": len(tr), "unlabeled_rows": len(fit) - len(tr),
            "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "commit": source_commit(),
            "dev_accuracy": float((p_dv.argmax(-1).numpy() == y_dv).mean())}

@@ -24,6 +24,7 @@ reliability diagram) into ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -55,6 +56,11 @@ MIN_STEPS = 500
 #: did not help on amazon dev (2-layer tier 0.784 with 0.5 at T=2 against 0.795 without, at
 #: 500 steps; ``bench/results/tier_recipe.jsonl``)
 DISTILL = 0.0
+
+#: ``--unlabeled auto`` gives a shipped set with fewer training rows than this the other shipped
+#: sets' training rows as text without labels (see ``add_arguments``); measured on dev with
+#: ``bench/tier_recipe.py --unlabeled shipped`` (``bench/results/tier_recipe.jsonl``), see README
+UNLABELED_BELOW = 6000
 
 #: where the small tiers and the single models start: ``final``, the trained final tier's first
 #: k layers, pooler and head; ``minilm``, the shipped MiniLM's first k layers and a new head.
@@ -103,6 +109,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight in [0, 1] of distillation from the trained final tier in the loss of the small "
                         "tiers, the single models and the difficulty-label fold models (0: labels only)")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="temperature of that distillation")
+    p.add_argument("--unlabeled", default="auto",
+                   help="text without labels that the small tiers and the single models also learn from, by "
+                        "distillation from the trained final tier alone (its predictions are their targets; "
+                        "epochs count these rows too): 'shipped' (the other shipped sets' training rows), a "
+                        "CSV/JSONL/Parquet file with a 'text' column, 'none', or 'auto' (default: 'shipped' "
+                        f"for a shipped set with fewer than {UNLABELED_BELOW} training rows, else none). Texts "
+                        "that occur in the data set itself are left out")
     p.add_argument("--train-workers", type=int, default=TRAIN_WORKERS,
                    help="models trained side by side, each in a process of its own with an equal share of "
                         "--threads (1: one model at a time with every thread)")
@@ -159,7 +172,7 @@ def run(args) -> int:
     import transformers
     from transformers import BertTokenizer
 
-    from .data import load_dataset
+    from .data import load_dataset, unlabeled_texts
     from .evaluate import reliability_bins
     from .info import cpu_name, source_commit
     from .train import encode, native_bf16
@@ -193,6 +206,16 @@ def run(args) -> int:
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
     tr, dv, te = (encode(tok, getattr(splits, p), args.max_len) for p in ("train", "dev", "test"))
     print(f"tokens per row: train mean {np.mean(tr.lengths):.1f}, max {max(tr.lengths)} (cut at {args.max_len})")
+    unlabeled = resolve_unlabeled(args.unlabeled, splits)
+    pool = None
+    if unlabeled is not None:
+        try:
+            texts = unlabeled_texts(unlabeled, splits, seed=args.split_seed)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--unlabeled {args.unlabeled}: {e}") from None
+        pool = encode(tok, texts[: args.limit] if args.limit else texts, args.max_len)
+        print(f"unlabeled text: {len(pool)} rows from {unlabeled}: the small tiers and single models also learn "
+              f"the final tier's predictions on them")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16("cpu"))
     workers = args.train_workers
     print(f"training in {'bfloat16 autocast' if bf16 else 'float32'} on {torch.get_num_threads()} CPU threads"
@@ -204,7 +227,7 @@ def run(args) -> int:
     for seed in seeds:
         t_seed = time.perf_counter()
         _step(f"seed {seed}")
-        pts, rel = _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles)
+        pts, rel = _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool, unlabeled)
         seconds[seed] = time.perf_counter() - t_seed
         if args.train_only:
             print(f"seed {seed}: trained in {seconds[seed]:.0f} s")
@@ -223,6 +246,7 @@ def run(args) -> int:
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
             "small_init": args.small_init, "train_code": TRAIN_CODE,
             "min_steps": args.min_steps, "distill": args.distill, "distill_temperature": args.distill_temperature,
+            "unlabeled": unlabeled, "unlabeled_rows": len(pool) if pool is not None else 0,
             "train_workers": args.train_workers,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seeds": seeds, "split_seed": args.split_seed, "threads": torch.get_num_threads(),
@@ -252,18 +276,40 @@ def run(args) -> int:
     return 0
 
 
+def resolve_unlabeled(choice: str, splits) -> str | None:
+    """What ``--unlabeled`` means for this data set: ``"shipped"``, a file, or None."""
+    from .data import SHIPPED
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return "shipped" if splits.name in SHIPPED and len(splits.train) < UNLABELED_BELOW else None
+    return choice
+
+
+def _unlabeled_tag(unlabeled: str | None) -> str:
+    """The part of the small models' cache names that says what unlabelled text they learnt from."""
+    if unlabeled is None:
+        return ""
+    if unlabeled == "shipped":
+        return "_ushipped"
+    return "_u" + hashlib.sha1(Path(unlabeled).read_bytes()).hexdigest()[:12]
+
+
 def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_from=None):
-    """A training job: one tier (``easy_file``: difficulty labels for DAO; ``teacher_file``:
-    the teacher's logits for distillation; ``cut_from``: ``(trained classifier, layers,
-    labels)``, whose first layers, pooler and head are written to ``init`` first), saved to
-    ``out``."""
+    """A training job: one tier (``easy_file``: difficulty labels for DAO, one per labelled row;
+    ``teacher_file``: the teacher's logits for distillation, one row per row of ``data``;
+    ``cut_from``: ``(trained classifier, layers, labels)``, whose first layers, pooler and head
+    are written to ``init`` first), saved to ``out``."""
     from .train import finetune
 
     if cut_from is not None:
         src, n, labels = cut_from
         make_classifier_checkpoint(src, init, num_labels=labels, num_layers=n, keep_classifier=True)
     easy = json.loads(Path(easy_file).read_text())["easy"] if easy_file else None
-    teacher = torch.load(teacher_file) if teacher_file else None
+    if easy is not None:  # rows without a label come last and are never ranked
+        easy = easy + [False] * (len(data) - len(easy))
+    teacher = torch.load(teacher_file)[: len(data)] if teacher_file else None
     finetune(init, data, out, cfg, easy=easy, quiet=True, teacher_logits=teacher)
     return str(out)
 
@@ -272,14 +318,14 @@ def _job_difficulty(init, data, cfg, folds, extra, cache, teacher_file=None):
     """A training job: the difficulty labels (fold models), written to ``cache``."""
     from .train import difficulty_labels
 
-    teacher = torch.load(teacher_file) if teacher_file else None
+    teacher = torch.load(teacher_file)[: len(data)] if teacher_file else None  # the labelled rows come first
     difficulty_labels(init, data, cfg, folds=folds, extra=extra, cache=cache, quiet=True, teacher_logits=teacher)
     return str(cache)
 
 
 def _job_teacher(large, data, out):
-    """A job: the trained final tier's logits for distillation on the training rows
-    (:func:`cascade_rt.train.teacher_logits`), saved to ``out``."""
+    """A job: the trained final tier's logits for distillation on ``data``, the training rows
+    and then any unlabelled ones (:func:`cascade_rt.train.teacher_logits`), saved to ``out``."""
     from .tier import Tier
     from .train import teacher_logits
 
@@ -297,14 +343,14 @@ def _job_exit_heads(large, data, seed, out):
     return str(out)
 
 
-def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
+def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unlabeled=None):
     """Train (or load from the cache) every model of one training seed and evaluate them:
     returns (sweep points, reliability data at the 2x target)."""
     from .early_exit import EarlyExitBert, layer_cls_features
     from .evaluate import (dis, ece, f1_binary, run_batches, search_thresholds, simulate_exits,
                            tier_row_costs, timed_speedups)
     from .tier import Tier
-    from .train import TrainConfig, collate, predict_probs
+    from .train import Encoded, TrainConfig, collate, predict_probs
     from .train.jobs import Job, run_jobs
 
     torch.manual_seed(seed)
@@ -324,8 +370,14 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr, "epochs": args.small_epochs,
                                "freeze_word_embeddings": False, "distill": args.distill,
                                "distill_temperature": args.distill_temperature})
-    stag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{args.small_init}" + (
+    utag = _unlabeled_tag(unlabeled)
+    # the labelled training rows, then any unlabelled text (the small models and singles train on it)
+    fit = tr if pool is None else Encoded(tr.ids + pool.ids, tr.types + pool.types, tr.labels + pool.labels)
+    teach_any = bool(args.distill) or pool is not None
+    # the difficulty-label fold models train on the labelled rows alone, whatever the pool
+    dtag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{args.small_init}" + (
         f"_kd{args.distill:g}T{args.distill_temperature:g}" if args.distill else "")
+    stag = dtag + (f"_T{args.distill_temperature:g}" if pool is not None and not args.distill else "") + utag
 
     def base(n):
         d = root / f"init_l{n}"
@@ -346,13 +398,14 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
             print(f"cached: {d}")
         elif name not in {j.name for j in jobs}:
             small = n != L
-            teach = teacher_file if small and args.distill else None
+            teach = teacher_file if small and teach_any else None
             # a small model cut from the final tier starts once that is trained (the cut is made in the job)
             cut = small and from_final
             init = root / f"init_l{n}_from_{large.name}" if cut else base(n)
             # the final tier runs alone, with every thread, when the small models start from it:
             # all but the difficulty folds wait for it, and one worker would otherwise sit idle
-            job(name, _job_finetune, init, tr, d, cfg_n, easy_file, teach, (large, n, C) if cut else None,
+            job(name, _job_finetune, init, fit if small else tr, d, cfg_n, easy_file, teach,
+                (large, n, C) if cut else None,
                 deps=(*deps, *(["teacher"] if teach else []), *([large.name] if cut else [])), cost=2 + n,
                 alone=not small and from_final)
         return d
@@ -360,13 +413,15 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles):
     L = args.large_layers
     from_final = args.small_init == "final"
     large = tier_job(f"large_l{L}_lr{args.lr:g}", L, cfg)
-    teacher_file = root / f"teacher_{large.name}.pt"  # its log-probabilities on the training rows
-    if args.distill and not teacher_file.is_file():
-        job("teacher", _job_teacher, large, tr, teacher_file, deps=[large.name], cost=1)
-    diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{stag}.json"
+    # its log-probabilities on the training rows, then on any unlabelled ones
+    teacher_file = root / f"teacher_{large.name}{utag}.pt"
+    if teach_any and not teacher_file.is_file():
+        job("teacher", _job_teacher, large, fit, teacher_file, deps=[large.name], cost=2)
+    diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{dtag}.json"
     if not diff_file.is_file():
         job("difficulty", _job_difficulty, base(small_layers[0]), tr, small_cfg, args.folds, {"test": te, "dev": dv},
-            diff_file, teacher_file if args.distill else None, deps=["teacher"], cost=2 + small_layers[0])
+            diff_file, teacher_file if args.distill else None, deps=["teacher"] if args.distill else [],
+            cost=2 + small_layers[0])
     # the DAO tiers depend on the difficulty labels (folds) and the loss settings too
     dao_tag = f"dao_k{args.folds}_m{args.margin:g}_lam{args.lam:g}"
     dao_cfg = TrainConfig(**{**vars(small_cfg), "dao": True})

@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from cascade_rt.demo import aggregate, default_singles, goals
+from cascade_rt.data import Example, Splits
+from cascade_rt.demo import UNLABELED_BELOW, aggregate, default_singles, goals, resolve_unlabeled
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -51,6 +53,15 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (root / "init_l1").is_dir()
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["small_init"] == "final" and meta["timing"]["warmup_rows"] == 128
+    # 32 training rows are few: --unlabeled auto adds the other shipped sets' text (cut to
+    # --limit too), labelled by the final tier for the small models and singles, not the folds
+    assert meta["unlabeled"] == "shipped" and meta["unlabeled_rows"] == 32
+    for seed in (0, 1):
+        root = next((tmp_path / "cache").glob(f"*_s{seed}_*"))
+        assert torch.load(root / "teacher_large_l2_lr0.0001_ushipped.pt").shape == (64, 2)
+        assert {d.name for d in root.glob("small_l1_*")} == {
+            "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_ce", "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_dao_k2_m0.5_lam0.5"}
+        assert [d.name for d in root.glob("difficulty_*")] == ["difficulty_l1_k2_lr0.0003_e0.5_we_final.json"]
 
 
 def _pt(method, acc, sp, seed=0, target=None, layers=None):
@@ -103,7 +114,9 @@ def test_goals_compare_at_measured_speedups():
 @pytest.mark.parametrize("flag,value,msg", [
     ("--train-workers", "0", "--train-workers must be >= 1"), ("--distill", "1.5", "--distill must be in"),
     ("--min-steps", "-1", "--min-steps must be >= 0"), ("--singles", "6", "--singles: depths must be in"),
-    ("--warmup-rows", "-1", "--warmup-rows must be >= 0"), ("--small-init", "bert", "invalid choice")])
+    ("--warmup-rows", "-1", "--warmup-rows must be >= 0"), ("--small-init", "bert", "invalid choice"),
+    ("--unlabeled", "/no/such/file.csv", "--unlabeled /no/such/file.csv: unlabeled text: '/no/such/file.csv' is "
+                                          "neither 'shipped' nor a file")])
 def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
     """Checked before any data is read or model trained: one error that names the setting."""
     cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", flag, value, "--out", str(tmp_path / "out"),
@@ -111,3 +124,15 @@ def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and msg in res.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_unlabeled_auto_by_training_rows():
+    """--unlabeled auto: the other shipped sets' text for a shipped set with few training rows,
+    nothing for a large one or a user's own set; 'none', 'shipped' and files as given."""
+    few = Splits("amazon", [Example("a", 0)] * (UNLABELED_BELOW - 1), [], [])
+    many = Splits("movies", [Example("a", 0)] * UNLABELED_BELOW, [], [])
+    mine = Splits("mine", [Example("a", 0)] * 10, [], [])
+    assert resolve_unlabeled("auto", few) == "shipped"
+    assert resolve_unlabeled("auto", many) is None and resolve_unlabeled("auto", mine) is None
+    assert resolve_unlabeled("none", few) is None
+    assert resolve_unlabeled("shipped", many) == "shipped" and resolve_unlabeled("u.csv", mine) == "u.csv"

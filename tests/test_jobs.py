@@ -112,3 +112,56 @@ def test_longest_chain_first():
     jobs = [Job("big", _threads, cost=8), Job("folds", _threads, cost=4), Job("dao", _threads, deps=("folds",), cost=4),
             Job("l4", _threads, cost=6), Job("heads", _threads, deps=("big",), cost=1)]
     assert _ranks(jobs) == {"big": 9, "folds": 8, "dao": 4, "l4": 6, "heads": 1}
+
+
+def _pid_then_sleep(path, seconds):
+    """Writes this worker's pid to ``path``, then sleeps ``seconds``."""
+    import os
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux only (PR_SET_PDEATHSIG)")
+def test_workers_end_when_the_run_is_killed(tmp_path):
+    """A run killed from outside (SIGKILL: a timeout, the OOM killer) takes its workers with
+    it instead of leaving them training into the cache."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "pid"
+    code = ("from cascade_rt.train.jobs import Job, run_jobs; import tests.test_jobs as t; "
+            f"run_jobs([Job('a', t._pid_then_sleep, ({str(pid_file)!r}, 120)), Job('b', t._span, "
+            f"({str(tmp_path / 'b')!r}, 120))], workers=2, threads=1, log=None)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).parent.parent))
+    try:
+        deadline = time.time() + 120
+        while not pid_file.is_file() and time.time() < deadline:
+            time.sleep(0.1)
+        assert pid_file.is_file(), "the worker never started"
+        time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        os.kill(worker, 0)  # running
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            # a worker killed but not yet reaped by init still answers; its state says so
+            try:
+                if Path(f"/proc/{worker}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            raise AssertionError("the worker outlived the killed run")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_rt.data import Example, load_dataset, load_table, split
+from cascade_rt.data import SHIPPED, Example, Splits, load_dataset, load_table, split, unlabeled_texts
 from cascade_rt.evaluate import dis, ece, f1_binary, row_costs, search_thresholds, simulate_exits
-from cascade_rt.train import (TrainConfig, dao_loss, difficulty_labels, distill_loss, encode, finetune, predict_probs,
-                              train_steps)
+from cascade_rt.train import (UNLABELED, Encoded, TrainConfig, batch_loss, dao_loss, difficulty_labels,
+                              distill_loss, encode, finetune, predict_probs, train_steps)
 
 
 def test_dao_loss_by_hand():
@@ -144,6 +144,48 @@ def test_csv_and_jsonl_loaders(tmp_path):
     assert [e.text for e in te] == [e.text for e in split([Example(str(i), i % 2) for i in range(100)], seed=3)[2]]
 
 
+
+def test_unlabeled_texts_from_a_file(tmp_path):
+    """A file's text column, other columns ignored; the data set's own texts (any split) and
+    repeats left out, order kept; a bad row, a missing column, 'shipped' for a set of one's own
+    and a source that leaves nothing are each one clear error."""
+    sp = Splits("mine", [Example("seen in train", 0)], [Example("seen in dev", 1)], [Example("seen in test", 0)])
+    (tmp_path / "u.csv").write_text("id,text,label\n1,fresh one,9\n2,seen in test,0\n3,fresh two,x\n"
+                                    "4,fresh one,1\n5,seen in train,0\n6,,1\n")
+    got = unlabeled_texts(str(tmp_path / "u.csv"), sp)
+    assert [e.text for e in got] == ["fresh one", "fresh two", ""]
+    assert all(e.label == -1 and e.text_pair is None for e in got)
+    (tmp_path / "u.jsonl").write_text('{"text": "a"}\n{"text": null}\n')
+    with pytest.raises(ValueError, match="row 1.*'text'"):
+        unlabeled_texts(str(tmp_path / "u.jsonl"), sp)
+    (tmp_path / "nocol.csv").write_text("sentence\nx\n")
+    with pytest.raises(ValueError, match="no column 'text'"):
+        unlabeled_texts(str(tmp_path / "nocol.csv"), sp)
+    (tmp_path / "same.csv").write_text("text\nseen in dev\nseen in dev\n")
+    with pytest.raises(ValueError, match="no row left.*2 read"):
+        unlabeled_texts(str(tmp_path / "same.csv"), sp)
+    with pytest.raises(ValueError, match="shipped sets"):
+        unlabeled_texts("shipped", sp)
+    with pytest.raises(FileNotFoundError, match="neither 'shipped' nor a file"):
+        unlabeled_texts(str(tmp_path / "absent.csv"), sp)
+    # a set of text pairs takes pairs: the file must have the pair column
+    pairs = Splits("p", [Example("a", 0, "b")], [], [])
+    (tmp_path / "p.csv").write_text("text,text_pair\nx,y\na,b\n")
+    assert [(e.text, e.text_pair) for e in unlabeled_texts(str(tmp_path / "p.csv"), pairs)] == [("x", "y")]
+    with pytest.raises(ValueError, match="no column 'text_pair'"):
+        unlabeled_texts(str(tmp_path / "u.csv"), pairs)
+
+
+def test_unlabeled_texts_shipped():
+    """'shipped': every other shipped set's training rows, none of the set's own texts."""
+    s = load_dataset("amazon")
+    got = unlabeled_texts("shipped", s)
+    others = [e.text for o in SHIPPED if o != "amazon" for e in load_dataset(o).train]
+    own = {e.text for e in s.train + s.dev + s.test}
+    assert {e.text for e in got} == set(others) - own
+    assert len(got) == len({e.text for e in got})
+    assert [e.text for e in got] == list(dict.fromkeys(t for t in others if t not in own))
+
 def test_shipped_movies_split():
     s = load_dataset("movies")
     assert len(s.train) + len(s.dev) + len(s.test) == 10605 - 37  # neutral snippets dropped
@@ -224,6 +266,86 @@ def test_finetune_distills(tiny, tmp_path):
     with pytest.raises(ValueError, match="distill must be"):
         finetune(init, data, None, TrainConfig(distill=1.5), quiet=True, save=False, teacher_logits=honest)
 
+
+
+@pytest.mark.parametrize("dao", [False, True])
+@pytest.mark.parametrize("d", [0.0, 0.3, 1.0])
+def test_batch_loss_with_unlabeled_rows_by_hand(dao, d):
+    """Each labelled row: (1 - d) CE + d KD; each unlabelled row: KD; the mean over the batch,
+    plus lam times the ranking term over the labelled rows' pairs alone. With every row
+    labelled it is the DAO / cross-entropy loss mixed with KD as before."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 3, generator=g, dtype=torch.float64).float()
+    teacher = torch.randn(7, 3, generator=g)
+    labels = torch.tensor([2, UNLABELED, 0, 1, UNLABELED, UNLABELED, 0])
+    easy = torch.tensor([True, True, False, True, False, True, False])
+    cfg = TrainConfig(dao=dao, distill=d, lam=0.5, margin=0.5, dao_pairs="all")
+    lab = labels >= 0
+    ce = torch.nn.functional.cross_entropy(logits[lab].double(), labels[lab], reduction="none")
+    T = cfg.distill_temperature
+    pt, ps = (torch.softmax(x.double() / T, -1) for x in (teacher, logits))
+    kd = (pt * (pt.log() - ps.log())).sum(-1) * T * T
+    per_row = kd.clone()
+    per_row[lab] = (1 - d) * ce + d * kd[lab]
+    expect = per_row.mean()
+    if dao:  # every (easy, hard) pair among the labelled rows 0, 2, 3, 6
+        conf = torch.softmax(logits.double(), -1).amax(-1)
+        pairs = [(e, h) for e in (0, 3) for h in (2, 6)]
+        expect = expect + 0.5 * np.mean([max(0.0, 0.5 - float(conf[e] - conf[h])) for e, h in pairs])
+    got = batch_loss(logits, labels, cfg, easy=easy, teacher=teacher)
+    assert got.item() == pytest.approx(float(expect), rel=1e-5)
+    # every row labelled: the loss as it always was
+    full = torch.tensor([2, 1, 0, 1, 0, 2, 0])
+    if dao:
+        old, old_ce, _ = dao_loss(logits, full, easy, 0.5, 0.5, pairs="all")
+    else:
+        old = old_ce = torch.nn.functional.cross_entropy(logits, full)
+    if d:
+        old = old + d * (distill_loss(logits, teacher, T) - old_ce)
+    assert torch.equal(batch_loss(logits, full, cfg, easy=easy, teacher=teacher), old)
+    # no labelled row: the mean KD alone (no ranking term)
+    none = torch.full((7,), UNLABELED)
+    assert batch_loss(logits, none, cfg, easy=easy, teacher=teacher).item() == pytest.approx(kd.mean().item(),
+                                                                                            rel=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        batch_loss(logits, labels, cfg, easy=easy)
+
+
+def test_distill_loss_per_row():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    rows = distill_loss(s, t, 2.0, reduction="none")
+    assert rows.shape == (5,)
+    assert rows.mean().item() == pytest.approx(distill_loss(s, t, 2.0).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        distill_loss(s, t, 2.0, reduction="sum")
+
+
+def test_finetune_learns_unlabeled_rows_from_the_teacher(tiny):
+    """Rows without a label learn the teacher's predictions: a student trained on unlabelled
+    copies of the data, whose teacher says the opposite of the labels, follows the teacher;
+    they need the teacher's logits; other negative labels and misfit difficulty labels are
+    refused."""
+    init, data = tiny
+    cfg = TrainConfig(epochs=3, lr=5e-4, batch_size=8, seed=1)
+    labels = torch.tensor(data.labels)
+    flipped = torch.nn.functional.one_hot(1 - labels, 2).float() * 6.0
+    p_label = lambda p: p[torch.arange(len(labels)), labels].mean().item()  # noqa: E731
+    # the labelled rows once, unlabelled copies three times: the teacher outweighs the labels
+    n = len(data)
+    mixed = Encoded(data.ids * 4, data.types * 4, data.labels + [UNLABELED] * (3 * n))
+    teach = torch.cat([flipped] * 4)
+    student = finetune(init, mixed, None, cfg, quiet=True, save=False, teacher_logits=teach)
+    plain = finetune(init, data, None, cfg, quiet=True, save=False)
+    assert p_label(predict_probs(student, data)) < 0.5 < p_label(predict_probs(plain, data))
+    with pytest.raises(ValueError, match="no label"):
+        finetune(init, mixed, None, cfg, quiet=True, save=False)
+    bad = Encoded(data.ids, data.types, [-2] + data.labels[1:])
+    with pytest.raises(ValueError, match="label -2 is negative"):
+        finetune(init, bad, None, cfg, quiet=True, save=False)
+    with pytest.raises(ValueError, match="one bool per training row"):
+        finetune(init, mixed, None, TrainConfig(**{**vars(cfg), "dao": True}), easy=[True] * n, quiet=True,
+                 save=False, teacher_logits=teach)
 
 def test_used_rows_embedding_trains_like_the_full_table(tiny):
     """Training only the embedding rows of tokens in the data gives the full table's AdamW

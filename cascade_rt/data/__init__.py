@@ -10,6 +10,10 @@ score is positive and 0 when negative; snippets rated exactly 0 (neutral) are dr
 
 Users' own data: :func:`load_table` reads CSV or JSONL with columns ``text``, optional
 ``text_pair`` and ``label`` (int, or strings mapped to ids in sorted order).
+
+Text without labels (:func:`unlabeled_texts`): the other shipped sets' training rows, or a
+user's CSV / JSONL / Parquet file with a ``text`` column; the small models of a cascade learn
+from the final tier's predictions on it (``cascade-rt demo --unlabeled``).
 """
 from __future__ import annotations
 
@@ -25,7 +29,11 @@ from pathlib import Path
 from ..paths import cache_dir
 
 __all__ = ["Example", "Splits", "SHIPPED", "load_dataset", "load_shipped", "load_table", "split",
-           "VADER_SDIST", "data_dir"]
+           "unlabeled_texts", "UNLABELED", "VADER_SDIST", "data_dir"]
+
+#: the label of an example that has none (:func:`unlabeled_texts`); the same value as
+#: :data:`cascade_rt.train.UNLABELED`
+UNLABELED = -1
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 SHIPPED = {
@@ -157,3 +165,48 @@ def load_dataset(name_or_path: str = "movies", seed: int = 0) -> Splits:
     examples, names = load_table(path)
     tr, dv, te = split(examples, seed)
     return Splits(path.stem, tr, dv, te, label_names=names)
+
+
+def unlabeled_texts(source: str, splits: Splits, seed: int = 0) -> list[Example]:
+    """Text without labels for distillation, as examples labelled :data:`UNLABELED`.
+
+    ``source``: ``"shipped"``, the training rows of every shipped set but ``splits``' own (each
+    split with ``seed``, in the order of :data:`SHIPPED`); or a CSV / JSONL / Parquet file with a
+    ``text`` column (and ``text_pair`` when ``splits`` holds pairs; other columns, a label
+    included, are ignored). Texts that occur in any of ``splits``' own train, dev or test rows
+    are left out, so no evaluation row is seen under another name; a text is kept once. A bad
+    row (missing, null or non-string text) is an error that names it; so is a source that
+    leaves nothing.
+    """
+    pairs = any(e.text_pair is not None for e in splits.train + splits.dev + splits.test)
+    if source == "shipped":
+        if splits.name not in SHIPPED:
+            raise ValueError(f"unlabeled text 'shipped' is for the shipped sets ({', '.join(SHIPPED)}); "
+                             f"{splits.name!r} is not one: give a file of its own kind of text")
+        rows = [(e.text, None) for other in SHIPPED if other != splits.name
+                for e in load_shipped(other, seed).train]
+        where = f"the shipped sets other than {splits.name}"
+    else:
+        from ..predict.io import detect_format, read_chunks
+        from ..predict.rows import validate
+
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"unlabeled text: {source!r} is neither 'shipped' nor a file")
+        rows, pair_column = [], "text_pair" if pairs else None
+        for chunk in read_chunks(path, detect_format(path), "text", pair_column):
+            good, rejects = validate(chunk, "text", pair_column)
+            if rejects:
+                raise ValueError(f"unlabeled text {path}: {rejects[0].message()}")
+            rows += [(chunk.text[k], chunk.pair[k] if pair_column else None) for k in good]
+        where = str(path)
+    seen = {(e.text, e.text_pair) for e in splits.train + splits.dev + splits.test}
+    out = []
+    for text, pair in rows:
+        if (text, pair) not in seen:
+            seen.add((text, pair))
+            out.append(Example(text=text, label=UNLABELED, text_pair=pair))
+    if not out:
+        raise ValueError(f"unlabeled text from {where}: no row left once the data set's own texts "
+                         f"(and repeats) are left out ({len(rows)} read)")
+    return out

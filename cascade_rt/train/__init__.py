@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 from .forward import classifier_logits, cls_only_supported
 
-__all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "TrainConfig", "train_steps", "teacher_logits",
-           "finetune",
-           "predict_probs", "difficulty_labels", "native_bf16"]
+__all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "batch_loss", "UNLABELED", "TrainConfig",
+           "train_steps", "teacher_logits", "finetune", "predict_probs", "difficulty_labels", "native_bf16"]
 
 
 @dataclass
@@ -236,15 +235,67 @@ def teacher_logits(model, data: Encoded) -> torch.Tensor:
     return predict_probs(model, data).clamp_min(1e-12).log()
 
 
-def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                 reduction: str = "mean") -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, mean over rows (the T^2
-    keeps its gradient's scale independent of T)."""
+    keeps its gradient's scale independent of T); ``reduction="none"``: one value per row."""
     t = float(temperature)
     if not t > 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
     target = torch.log_softmax(teacher_logits.float() / t, -1)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if reduction == "none":
+        return F.kl_div(torch.log_softmax(logits.float() / t, -1), target, log_target=True,
+                        reduction="none").sum(-1) * t * t
     return F.kl_div(torch.log_softmax(logits.float() / t, -1), target, log_target=True,
                     reduction="batchmean") * t * t
+
+
+#: the label of a training row without one: it learns only from the teacher (distillation)
+UNLABELED = -1
+
+
+def batch_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: "TrainConfig", easy: torch.Tensor | None = None,
+               teacher: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One batch's training loss: the mean over its rows of each row's loss, plus ``cfg.lam``
+    times the DAO ranking term with ``cfg.dao``.
+
+    A labelled row's loss is ``(1 - d) * CE + d * KD`` with ``d = cfg.distill`` (``KD``:
+    :func:`distill_loss` against ``teacher``); a row labelled :data:`UNLABELED` learns from the
+    teacher alone: ``KD``. The ranking term (:func:`dao_loss`) pairs the labelled rows' easy and
+    hard ones. With every row labelled this is :func:`dao_loss` / cross-entropy as before,
+    mixed with distillation by ``d``.
+    """
+    lab = labels >= 0
+    n_lab = int(lab.sum())
+    if n_lab == len(labels):
+        if cfg.dao:
+            if easy is None:
+                raise ValueError("DAO training needs difficulty labels (easy=...)")
+            loss, ce, _ = dao_loss(logits, labels, easy, cfg.margin, cfg.lam, generator, cfg.dao_pairs)
+        else:
+            loss = ce = F.cross_entropy(logits, labels)
+        if cfg.distill > 0:
+            if teacher is None:
+                raise ValueError("distillation (distill > 0) needs the teacher's logits")
+            loss = loss + cfg.distill * (distill_loss(logits, teacher, cfg.distill_temperature) - ce)
+        return loss
+    if teacher is None:
+        raise ValueError("rows without a label learn from the teacher alone: give the teacher's logits")
+    kd = distill_loss(logits, teacher, cfg.distill_temperature, reduction="none")
+    d = torch.where(lab, torch.as_tensor(cfg.distill, dtype=kd.dtype), torch.ones_like(kd))
+    per_row = d * kd
+    rank = logits.new_zeros(())
+    if n_lab:
+        lg, y = logits[lab], labels[lab]
+        per_row = per_row.index_add(0, torch.nonzero(lab, as_tuple=True)[0],
+                                    (1.0 - cfg.distill) * F.cross_entropy(lg, y, reduction="none"))
+        if cfg.dao:
+            if easy is None:
+                raise ValueError("DAO training needs difficulty labels (easy=...)")
+            _, _, rank = dao_loss(lg, y, easy[lab], cfg.margin, cfg.lam, generator, cfg.dao_pairs)
+    return per_row.mean() + cfg.lam * rank
 
 
 def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[bool] | None = None,
@@ -256,18 +307,30 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
     :func:`dao_loss` and ``easy`` (one bool per training row) is required. With
     ``cfg.distill > 0``, ``teacher_logits`` ((rows, labels) float: a trained model's logits, or
     log-probabilities, on ``data``) is required and mixes :func:`distill_loss` into the
-    cross-entropy term.
+    cross-entropy term. Rows labelled :data:`UNLABELED` (text without a label, e.g. from
+    :func:`cascade_rt.data.unlabeled_texts`) learn from the teacher alone and need
+    ``teacher_logits`` whatever ``cfg.distill``; see :func:`batch_loss`. Epochs and steps count
+    every row (:func:`train_steps`).
     """
     from tqdm.auto import tqdm
     from transformers import BertForSequenceClassification
 
     if cfg.dao and easy is None:
         raise ValueError("DAO training needs difficulty labels (easy=...)")
+    if easy is not None and len(easy) != len(data):
+        raise ValueError(f"easy must give one bool per training row ({len(data)}), got {len(easy)}")
+    unlabeled = sum(1 for y in data.labels if y == UNLABELED)
+    if unlabeled and teacher_logits is None:
+        raise ValueError(f"{unlabeled} training rows have no label ({UNLABELED}): they learn from a teacher alone, "
+                         f"so give teacher_logits")
+    bad = next((y for y in data.labels if y < 0 and y != UNLABELED), None)
+    if bad is not None:
+        raise ValueError(f"label {bad} is negative; only {UNLABELED} (no label) is allowed")
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distill must be in [0, 1], got {cfg.distill}")
-    if cfg.distill > 0:
-        if teacher_logits is None:
-            raise ValueError("distillation (distill > 0) needs the teacher's logits on the training rows")
+    if cfg.distill > 0 and teacher_logits is None:
+        raise ValueError("distillation (distill > 0) needs the teacher's logits on the training rows")
+    if teacher_logits is not None:
         teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
         if teacher_logits.dim() != 2 or teacher_logits.shape[0] != len(data):
             raise ValueError(f"teacher_logits must be (rows, labels) = ({len(data)}, C), "
@@ -310,13 +373,8 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             labels = torch.tensor([data.labels[i] for i in idx])
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = (classifier_logits(model, **b) if fast else model(**b).logits).float()
-            if cfg.dao:
-                loss, ce, _ = dao_loss(logits, labels, easy_t[idx], cfg.margin, cfg.lam, gen, cfg.dao_pairs)
-            else:
-                loss = ce = F.cross_entropy(logits, labels)
-            if cfg.distill > 0:
-                kd = distill_loss(logits, teacher_logits[idx], cfg.distill_temperature)
-                loss = loss + cfg.distill * (kd - ce)
+            loss = batch_loss(logits, labels, cfg, easy=easy_t[idx] if easy_t is not None else None,
+                              teacher=teacher_logits[idx] if teacher_logits is not None else None, generator=gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
@@ -325,7 +383,8 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             opt.step()
             sched.step()
             step += 1
-            acc = (logits.argmax(-1) == labels).float().mean().item()
+            lab = labels >= 0
+            acc = (logits[lab].argmax(-1) == labels[lab]).float().mean().item() if bool(lab.any()) else run_acc or 0.0
             run_loss = loss.item() if run_loss is None else 0.95 * run_loss + 0.05 * loss.item()
             run_acc = acc if run_acc is None else 0.95 * run_acc + 0.05 * acc
             bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")

@@ -10,12 +10,15 @@ job once the jobs it depends on are done, the one with the longest chain of work
 most of the others wait for can run ``alone``, with every thread, instead of beside one job
 and with one worker's share.
 
+On Linux a worker ends with the process that started it, killed or not.
+
 A model's training depends only on its own seed and inputs, not on which worker runs it or
 when; the thread count a job runs with can change its last bits (floating-point reductions).
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -39,9 +42,28 @@ class Job:
     alone: bool = False
 
 
-def _init_worker(threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: end this worker process when the process that started it ends, however it ends
+    (a timeout's kill included), so that a stopped run leaves no training writing into the
+    cache behind it. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the line above took effect
+        os._exit(1)
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        _die_with_parent(parent)
     torch.set_num_threads(threads)
 
 
@@ -136,7 +158,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, threads: int | None = None,
 
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
         running = {}
         error = None
         while pending or running:
