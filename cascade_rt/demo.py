@@ -24,9 +24,11 @@ reliability diagram) into ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -299,6 +301,29 @@ def _unlabeled_tag(unlabeled: str | None) -> str:
     return "_u" + hashlib.sha1(Path(unlabeled).read_bytes()).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def _atomic_output(path):
+    """Write a cache entry (a file or a directory) at ``path`` all at once: the caller writes to
+    the yielded temporary path beside it, which takes ``path``'s place only once the block ends
+    without error. A run killed midway leaves no half-written entry that a later run would take
+    for a finished one; a leftover temporary or unfinished entry is cleared first."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    for p in (tmp, path):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
 def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_from=None):
     """A training job: one tier (``easy_file``: difficulty labels for DAO, one per labelled row;
     ``teacher_file``: the teacher's logits for distillation, one row per row of ``data``;
@@ -313,7 +338,8 @@ def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_f
     if easy is not None:  # rows without a label come last and are never ranked
         easy = easy + [False] * (len(data) - len(easy))
     teacher = torch.load(teacher_file)[: len(data)] if teacher_file else None
-    finetune(init, data, out, cfg, easy=easy, quiet=True, teacher_logits=teacher)
+    with _atomic_output(out) as tmp:
+        finetune(init, data, tmp, cfg, easy=easy, quiet=True, teacher_logits=teacher)
     return str(out)
 
 
@@ -322,7 +348,8 @@ def _job_difficulty(init, data, cfg, folds, extra, cache, teacher_file=None):
     from .train import difficulty_labels
 
     teacher = torch.load(teacher_file)[: len(data)] if teacher_file else None  # the labelled rows come first
-    difficulty_labels(init, data, cfg, folds=folds, extra=extra, cache=cache, quiet=True, teacher_logits=teacher)
+    with _atomic_output(cache) as tmp:
+        difficulty_labels(init, data, cfg, folds=folds, extra=extra, cache=tmp, quiet=True, teacher_logits=teacher)
     return str(cache)
 
 
@@ -332,7 +359,9 @@ def _job_teacher(large, data, out):
     from .tier import Tier
     from .train import teacher_logits
 
-    torch.save(teacher_logits(Tier.from_pretrained(large), data), out)
+    logits = teacher_logits(Tier.from_pretrained(large), data)
+    with _atomic_output(out) as tmp:
+        torch.save(logits, tmp)
     return str(out)
 
 
@@ -342,7 +371,9 @@ def _job_exit_heads(large, data, seed, out):
     from .tier import Tier
 
     backbone = Tier.from_pretrained(large)
-    EarlyExitBert(backbone, train_exit_heads(backbone, data, seed=seed)).save_pretrained(out)
+    model = EarlyExitBert(backbone, train_exit_heads(backbone, data, seed=seed))
+    with _atomic_output(out) as tmp:
+        model.save_pretrained(tmp)
     return str(out)
 
 

@@ -136,3 +136,30 @@ def test_unlabeled_auto_by_training_rows():
     assert resolve_unlabeled("auto", many) is None and resolve_unlabeled("auto", mine) is None
     assert resolve_unlabeled("none", few) is None
     assert resolve_unlabeled("shipped", many) == "shipped" and resolve_unlabeled("u.csv", mine) == "u.csv"
+
+
+def test_cache_entries_appear_whole(tmp_path):
+    """A cache entry takes its place only once written: an error (a killed job) midway leaves
+    nothing at its path, and a later attempt clears what an unfinished one left."""
+    from cascade_rt.demo import _atomic_output
+
+    d = tmp_path / "tier"
+    with pytest.raises(RuntimeError):
+        with _atomic_output(d) as tmp:
+            tmp.mkdir()
+            (tmp / "model.safetensors").write_text("half")
+            raise RuntimeError("killed")
+    assert not d.exists() and not list(tmp_path.iterdir())
+    (tmp_path / "tier.partial").mkdir()  # left by a run killed outright
+    (tmp_path / "tier.partial" / "junk").write_text("x")
+    d.mkdir()  # and an entry from code that wrote in place, unfinished
+    (d / "config.json").write_text("{}")
+    with _atomic_output(d) as tmp:
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_text("whole")
+    assert sorted(p.name for p in d.iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tier"]
+    f = tmp_path / "teacher.pt"
+    with _atomic_output(f) as tmp:
+        torch.save(torch.ones(2), tmp)
+    assert torch.equal(torch.load(f), torch.ones(2)) and not (tmp_path / "teacher.pt.partial").exists()
