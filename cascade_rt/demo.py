@@ -450,7 +450,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     # its log-probabilities on the training rows, then on any unlabelled ones
     teacher_file = root / f"teacher_{large.name}{utag}.pt"
     if teach_any and not teacher_file.is_file():
-        job("teacher", _job_teacher, large, fit, teacher_file, deps=[large.name], cost=2)
+        # every model that learns from it waits for it: it runs alone, on every thread
+        job("teacher", _job_teacher, large, fit, teacher_file, deps=[large.name], cost=2, alone=True)
     diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{dtag}.json"
     if not diff_file.is_file():
         job("difficulty", _job_difficulty, base(small_layers[0]), tr, small_cfg, args.folds, {"test": te, "dev": dv},
