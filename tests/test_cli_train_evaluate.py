@@ -55,3 +55,25 @@ def test_train_then_evaluate(csv_data, tmp_path):
     assert report["speedup_measured_min"] <= report["speedup_measured"] <= report["speedup_measured_max"]
     loaded = CascadeBert.from_pretrained(saved)
     assert loaded.thresholds == pytest.approx(report["thresholds"])
+
+
+def test_train_learns_from_a_teacher_and_unlabelled_text(csv_data, tmp_path):
+    """--teacher with --unlabeled: the tier trains on the labelled rows and the file's texts
+    (its own left out), learning the teacher's predictions on the latter; without a teacher,
+    or with a bad file, one error that says so."""
+    teacher = tmp_path / "teacher"
+    _cli("train", "--data", csv_data, "--layers", 1, "--out", teacher, "--epochs", 1, "--lr", 3e-4, "--quiet")
+    texts = tmp_path / "texts.csv"
+    texts.write_text('text\nan uneven but likeable film\na waste of a good cast\n"a wonderful, moving film (0)"\n')
+    out = tmp_path / "student"
+    stdout = _cli("train", "--data", csv_data, "--layers", 1, "--out", out, "--epochs", 1, "--lr", 3e-4,
+                  "--teacher", teacher, "--distill", 0.5, "--unlabeled", texts, "--quiet")
+    assert "unlabeled text: 2 rows" in stdout  # the data set's own text left out
+    saved = json.loads((out / "cascade_rt_train.json").read_text())
+    assert saved["distill"] == 0.5
+    for extra, msg in ((["--unlabeled", texts], "give --teacher"),
+                       (["--teacher", teacher, "--unlabeled", tmp_path / "none.csv"], "neither 'shipped' nor a file"),
+                       (["--distill", "2", "--teacher", teacher], "--distill must be in")):
+        res = subprocess.run([sys.executable, "-m", "cascade_rt.cli", "train", "--data", str(csv_data), "--out",
+                              str(tmp_path / "x"), *map(str, extra)], capture_output=True, text=True, timeout=600)
+        assert res.returncode != 0 and msg in res.stderr, res.stderr[-2000:]
