@@ -242,14 +242,13 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
     t = float(temperature)
     if not t > 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
-    target = torch.log_softmax(teacher_logits.float() / t, -1)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    target = torch.log_softmax(teacher_logits.float() / t, -1)
+    student = torch.log_softmax(logits.float() / t, -1)
     if reduction == "none":
-        return F.kl_div(torch.log_softmax(logits.float() / t, -1), target, log_target=True,
-                        reduction="none").sum(-1) * t * t
-    return F.kl_div(torch.log_softmax(logits.float() / t, -1), target, log_target=True,
-                    reduction="batchmean") * t * t
+        return F.kl_div(student, target, log_target=True, reduction="none").sum(-1) * t * t
+    return F.kl_div(student, target, log_target=True, reduction="batchmean") * t * t
 
 
 #: the label of a training row without one: it learns only from the teacher (distillation)
