@@ -99,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
                       freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16,
                       margin=args.margin, lam=args.lam, dao_pairs=args.pairs, min_steps=args.min_steps,
                       distill=args.distill, distill_temperature=args.temperature)
+    if (args.distill > 0 or args.unlabeled) and not (args.teacher or args.large):
+        raise SystemExit("--distill and --unlabeled need --teacher or --large")
     teacher = teacher_fit = None
     fit = tr  # the rows the tier trains on: the labelled ones, then any unlabelled text
     if args.unlabeled:
         pool = encode(tok, unlabeled_texts(args.unlabeled, splits, seed=splits_seed), 64)
         fit = Encoded(tr.ids + pool.ids, tr.types + pool.types, tr.labels + pool.labels)
     if args.distill > 0 or args.unlabeled:
-        if not (args.teacher or args.large):
-            raise SystemExit("--distill and --unlabeled need --teacher or --large")
         teacher_fit = teacher_logits(Tier.from_pretrained(args.teacher or args.large), fit)
         teacher = teacher_fit[: len(tr)] if args.distill > 0 else None  # the fold models distill only with --distill
     diff = None

@@ -80,8 +80,18 @@ def test_distilled_run_with_a_step_floor(tmp_path):
     assert saved["distill"] == 0.5 and saved["min_steps"] == 12
     wa, wb = (load_file(tmp_path / d / "model.safetensors") for d in ("teacher", "kd"))
     assert not all(torch.equal(wa[k], wb[k]) for k in wa)
-    with pytest.raises(SystemExit, match="--distill needs"):
+    with pytest.raises(SystemExit, match="--distill and --unlabeled need --teacher"):
         main(common + ["--distill", "0.5"])
+    with pytest.raises(SystemExit, match="--distill and --unlabeled need --teacher"):
+        main(common + ["--unlabeled", "shipped"])
+    # --unlabeled: the tier also trains on text without labels, learning the teacher's predictions
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\nnot bad at all\nhardly worth it\nquite a ride\n")
+    assert main(common + ["--out", str(tmp_path / "pool"), "--teacher", str(tmp_path / "teacher"),
+                          "--unlabeled", str(texts)]) == 0
+    pool = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert pool["unlabeled_rows"] == 3 and pool["train_rows"] == plain["train_rows"]
+    assert pool["recipe"]["unlabeled"] == str(texts) and pool["recipe"]["distill"] == 0.0
     # --init-from: the tier starts from the trained teacher's layer, pooler and head
     # (at learning rate 0 the saved tier is its start: the teacher's tensors, not the MiniLM's)
     for name, extra in (("cut", ["--init-from", str(tmp_path / "teacher")]), ("uncut", [])):
