@@ -8,7 +8,8 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
 2. difficulty labels: k-fold held-out predictions of a ``--small-layers``-layer model cut from
    the shipped MiniLM, on the training split;
 3. the small tier with DAO and without (the ablation): the trained 6-layer tier's first
-   ``--small-layers`` layers, pooler and head, fine-tuned (``--small-init``);
+   ``--small-layers`` layers, pooler and head, fine-tuned (``--small-init``); on a small set
+   also on text without labels, learning the 6-layer tier's predictions on it (``--unlabeled``);
 4. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
    single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 5. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
