@@ -90,16 +90,9 @@ CASCADE_RT_VECTOR_CLONES void attend_direct(const float* Q, int64_t qs, const fl
     for (int64_t d = 0; d < D; ++d) KT[d * L + j] = k[d];
   }
   for (int64_t i = 0; i < L; ++i) {
-    const float* q = Q + i * qs;
     float* srow = S + i * L;
-#pragma omp simd
-    for (int64_t j = 0; j < L; ++j) srow[j] = 0.0f;
-    for (int64_t d = 0; d < D; ++d) {
-      const float qd = q[d];
-      const float* kt = KT + d * L;
-#pragma omp simd
-      for (int64_t j = 0; j < L; ++j) srow[j] += qd * kt[j];
-    }
+    // the scores: row i of Q times K^T, a q-weighted sum of K^T's D rows of L keys
+    weighted_values(Q + i * qs, KT, L, srow, D, L);
     softmax_row(srow, L, scale);
     weighted_values(srow, V, vs, O + i * os, L, D);
   }
