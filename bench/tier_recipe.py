@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
     from cascade_rt.data import unlabeled_texts
-    from cascade_rt.train import (Encoded, TrainConfig, difficulty_labels, encode, finetune, predict_probs,
-                                  teacher_logits)
+    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_logits
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     fit = tr  # the rows the tier trains on: the labelled ones, then any unlabelled text
     if args.unlabeled:
         pool = encode(tok, unlabeled_texts(args.unlabeled, splits, seed=splits_seed), 64)
-        fit = Encoded(tr.ids + pool.ids, tr.types + pool.types, tr.labels + pool.labels)
+        fit = tr + pool
     if args.distill > 0 or args.unlabeled:
         teacher_fit = teacher_logits(Tier.from_pretrained(args.teacher or args.large), fit)
         teacher = teacher_fit[: len(tr)] if args.distill > 0 else None  # the fold models distill only with --distill

@@ -385,7 +385,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     from .evaluate import (dis, ece, f1_binary, run_batches, search_thresholds, simulate_exits,
                            tier_row_costs, timed_speedups)
     from .tier import Tier
-    from .train import Encoded, TrainConfig, collate, predict_probs
+    from .train import TrainConfig, collate, predict_probs
     from .train.jobs import Job, run_jobs
 
     torch.manual_seed(seed)
@@ -407,7 +407,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
                                "distill_temperature": args.distill_temperature})
     utag = _unlabeled_tag(unlabeled)
     # the labelled training rows, then any unlabelled text (the small models and singles train on it)
-    fit = tr if pool is None else Encoded(tr.ids + pool.ids, tr.types + pool.types, tr.labels + pool.labels)
+    fit = tr if pool is None else tr + pool
     teach_any = bool(args.distill) or pool is not None
     # the difficulty-label fold models train on the labelled rows alone, whatever the pool
     dtag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{args.small_init}" + (

@@ -333,6 +333,8 @@ def test_finetune_learns_unlabeled_rows_from_the_teacher(tiny):
     p_label = lambda p: p[torch.arange(len(labels)), labels].mean().item()  # noqa: E731
     # the labelled rows once, unlabelled copies three times: the teacher outweighs the labels
     n = len(data)
+    both = data + data
+    assert (both.ids, both.types, both.labels) == (data.ids * 2, data.types * 2, data.labels * 2)
     mixed = Encoded(data.ids * 4, data.types * 4, data.labels + [UNLABELED] * (3 * n))
     teach = torch.cat([flipped] * 4)
     student = finetune(init, mixed, None, cfg, quiet=True, save=False, teacher_logits=teach)

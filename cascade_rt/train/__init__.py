@@ -37,6 +37,10 @@ class Encoded:
     def subset(self, idx: Sequence[int]) -> "Encoded":
         return Encoded([self.ids[i] for i in idx], [self.types[i] for i in idx], [self.labels[i] for i in idx])
 
+    def __add__(self, other: "Encoded") -> "Encoded":
+        """The rows of ``self``, then those of ``other`` (e.g. labelled rows, then unlabelled text)."""
+        return Encoded(self.ids + other.ids, self.types + other.types, self.labels + other.labels)
+
     @property
     def lengths(self) -> list[int]:
         return [len(x) for x in self.ids]
@@ -266,12 +270,12 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: "TrainConfig", e
     hard ones. With every row labelled this is :func:`dao_loss` / cross-entropy as before,
     mixed with distillation by ``d``.
     """
+    if cfg.dao and easy is None:
+        raise ValueError("DAO training needs difficulty labels (easy=...)")
     lab = labels >= 0
     n_lab = int(lab.sum())
     if n_lab == len(labels):
         if cfg.dao:
-            if easy is None:
-                raise ValueError("DAO training needs difficulty labels (easy=...)")
             loss, ce, _ = dao_loss(logits, labels, easy, cfg.margin, cfg.lam, generator, cfg.dao_pairs)
         else:
             loss = ce = F.cross_entropy(logits, labels)
@@ -291,8 +295,6 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: "TrainConfig", e
         per_row = per_row.index_add(0, torch.nonzero(lab, as_tuple=True)[0],
                                     (1.0 - cfg.distill) * F.cross_entropy(lg, y, reduction="none"))
         if cfg.dao:
-            if easy is None:
-                raise ValueError("DAO training needs difficulty labels (easy=...)")
             _, _, rank = dao_loss(lg, y, easy[lab], cfg.margin, cfg.lam, generator, cfg.dao_pairs)
     return per_row.mean() + cfg.lam * rank
 

@@ -59,7 +59,7 @@ def run(args) -> int:
     from ..checkpoint import read_config
     from ..data import load_dataset, unlabeled_texts
     from ..paths import shipped_minilm_dir
-    from . import Encoded, TrainConfig, difficulty_labels, encode, finetune, teacher_logits
+    from . import TrainConfig, difficulty_labels, encode, finetune, teacher_logits
 
     torch.set_num_threads(os.cpu_count() or 1)
     if not 0.0 <= args.distill <= 1.0:
@@ -87,7 +87,7 @@ def run(args) -> int:
             pool = encode(tok, unlabeled_texts(args.unlabeled, splits, seed=args.seed), args.max_len)
         except (OSError, ValueError) as e:
             raise SystemExit(f"--unlabeled {args.unlabeled}: {e}") from None
-        fit = Encoded(train.ids + pool.ids, train.types + pool.types, train.labels + pool.labels)
+        fit = train + pool
         print(f"unlabeled text: {len(pool)} rows from {args.unlabeled}")
     if args.teacher:
         from ..tier import Tier
