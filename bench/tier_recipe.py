@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of distillation from --teacher (default: --large) in the cross-entropy term")
     p.add_argument("--teacher", default=None, help="a trained tier to distill from (default: --large)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    p.add_argument("--feature-distill", type=float, default=0.0,
+                   help="weight of feature distillation from --teacher (default: --large): the mean squared "
+                        "difference of the pooler outputs, on every training row")
     p.add_argument("--unlabeled", default=None,
                    help="text without labels the tier also learns from, by distillation from --teacher (default: "
                         "--large) alone: 'shipped' (the other shipped sets' training rows) or a CSV/JSONL/Parquet "
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
     from cascade_rt.data import unlabeled_texts
-    from cascade_rt.train import TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_logits
+    from cascade_rt.train import (TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_features,
+                                  teacher_logits)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       freeze_word_embeddings=not args.train_word_embeddings, bf16=args.bf16,
                       margin=args.margin, lam=args.lam, dao_pairs=args.pairs, min_steps=args.min_steps,
-                      distill=args.distill, distill_temperature=args.temperature)
-    if (args.distill > 0 or args.unlabeled) and not (args.teacher or args.large):
-        raise SystemExit("--distill and --unlabeled need --teacher or --large")
+                      distill=args.distill, distill_temperature=args.temperature,
+                      feature_distill=args.feature_distill)
+    if (args.distill > 0 or args.unlabeled or args.feature_distill > 0) and not (args.teacher or args.large):
+        raise SystemExit("--distill, --feature-distill and --unlabeled need --teacher or --large")
     teacher = teacher_fit = None
     fit = tr  # the rows the tier trains on: the labelled ones, then any unlabelled text
     if args.unlabeled:
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.distill > 0 or args.unlabeled:
         teacher_fit = teacher_logits(Tier.from_pretrained(args.teacher or args.large), fit)
         teacher = teacher_fit[: len(tr)] if args.distill > 0 else None  # the fold models distill only with --distill
+    feats = teacher_features(args.teacher or args.large, fit) if args.feature_distill > 0 else None
     diff = None
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.dao = args.dao
         t0 = time.perf_counter()
         easy = diff["easy"] + [False] * (len(fit) - len(tr)) if args.dao else None  # unlabelled: not ranked
-        finetune(init, fit, out, cfg, easy=easy, quiet=True, teacher_logits=teacher_fit)
+        finetune(init, fit, out, cfg, easy=easy, quiet=True, teacher_logits=teacher_fit, teacher_features=feats)
         train_s = time.perf_counter() - t0
         tier = Tier.from_pretrained(out)
     p_dv = predict_probs(tier, dv)

@@ -60,6 +60,18 @@ MIN_STEPS = 500
 #: 500 steps; ``bench/results/tier_recipe.jsonl``)
 DISTILL = 0.0
 
+#: weight of feature distillation (``TrainConfig.feature_distill``: the small models also learn
+#: the trained final tier's pooler outputs, the features its classifier reads) where the small
+#: models learn from text without labels (``--feature-distill auto``). Chosen on dev
+#: (``bench/tier_recipe.py --feature-distill``, ``bench/results/tier_recipe.jsonl``; 2-layer tier
+#: cut from the final tier, with the other sets' text; two-tier cascade's dev accuracy at the
+#: 2x, 2.5x and 3x targets): on amazon, weight 1 against 0 gained 0.0, +0.3, -0.3 points (seed 0)
+#: and +1.4, +1.9, +0.6 (seed 1), weight 4 0.0, +0.8, +1.2 and +0.8, +0.8, -0.8; on tweets
+#: (seed 0) weight 1 kept the cascade within one dev row (0.952 at 2.95x against 0.955 at
+#: 3.10x). A small gain on 361 dev rows (one row is 0.28 points); the larger sets, which train
+#: without that text, were not tried
+FEATURE_DISTILL = 1.0
+
 #: ``--unlabeled auto`` gives a shipped set with fewer training rows than this the other shipped
 #: sets' training rows as text without labels (see ``add_arguments``). Chosen on dev
 #: (``bench/tier_recipe.py --unlabeled shipped``, ``bench/results/tier_recipe.jsonl``, seed 0,
@@ -115,6 +127,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight in [0, 1] of distillation from the trained final tier in the loss of the small "
                         "tiers, the single models and the difficulty-label fold models (0: labels only)")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="temperature of that distillation")
+    p.add_argument("--feature-distill", default="auto",
+                   help="weight of feature distillation for the small tiers and the single models: they also "
+                        "learn the trained final tier's pooler outputs (mean squared difference) on every row "
+                        f"they train on; 'auto' (default): {FEATURE_DISTILL:g} where they learn from text without "
+                        "labels (--unlabeled), else 0")
     p.add_argument("--unlabeled", default="auto",
                    help="text without labels that the small tiers and the single models also learn from, by "
                         "distillation from the trained final tier alone (its predictions are their targets; "
@@ -195,6 +212,13 @@ def run(args) -> int:
         raise SystemExit(f"--train-workers must be >= 1, got {args.train_workers}")
     if not 0.0 <= args.distill <= 1.0:
         raise SystemExit(f"--distill must be in [0, 1], got {args.distill}")
+    if args.feature_distill != "auto":
+        try:
+            args.feature_distill = float(args.feature_distill)
+        except ValueError:
+            raise SystemExit(f"--feature-distill must be 'auto' or a number >= 0, got {args.feature_distill!r}") from None
+        if not args.feature_distill >= 0:
+            raise SystemExit(f"--feature-distill must be 'auto' or a number >= 0, got {args.feature_distill}")
     if args.warmup_rows is not None and args.warmup_rows < 0:
         raise SystemExit(f"--warmup-rows must be >= 0, got {args.warmup_rows}")
     if args.warmup_rows is None:
@@ -222,6 +246,11 @@ def run(args) -> int:
         pool = encode(tok, texts[: args.limit] if args.limit else texts, args.max_len)
         print(f"unlabeled text: {len(pool)} rows from {unlabeled}: the small tiers and single models also learn "
               f"the final tier's predictions on them")
+    if args.feature_distill == "auto":
+        args.feature_distill = FEATURE_DISTILL if pool is not None else 0.0
+    if args.feature_distill:
+        print(f"feature distillation: the small models also learn the final tier's pooler outputs "
+              f"(weight {args.feature_distill:g})")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16("cpu"))
     workers = args.train_workers
     print(f"training in {'bfloat16 autocast' if bf16 else 'float32'} on {torch.get_num_threads()} CPU threads"
@@ -252,6 +281,7 @@ def run(args) -> int:
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
             "small_init": args.small_init, "train_code": TRAIN_CODE,
             "min_steps": args.min_steps, "distill": args.distill, "distill_temperature": args.distill_temperature,
+            "feature_distill": args.feature_distill,
             "unlabeled": unlabeled, "unlabeled_rows": len(pool) if pool is not None else 0,
             "train_workers": args.train_workers,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
@@ -325,9 +355,10 @@ def _atomic_output(path):
             tmp.unlink()
 
 
-def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_from=None):
+def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_from=None, features_file=None):
     """A training job: one tier (``easy_file``: difficulty labels for DAO, one per labelled row;
-    ``teacher_file``: the teacher's logits for distillation, one row per row of ``data``;
+    ``teacher_file`` / ``features_file``: the teacher's logits / pooler outputs for
+    distillation, one row per row of ``data``;
     ``cut_from``: ``(trained classifier, layers, labels)``, whose first layers, pooler and head
     are written to ``init`` first), saved to ``out``."""
     from .train import finetune
@@ -339,8 +370,9 @@ def _job_finetune(init, data, out, cfg, easy_file=None, teacher_file=None, cut_f
     if easy is not None:  # rows without a label come last and are never ranked
         easy = easy + [False] * (len(data) - len(easy))
     teacher = torch.load(teacher_file)[: len(data)] if teacher_file else None
+    feats = torch.load(features_file)[: len(data)] if features_file else None
     with _atomic_output(out) as tmp:
-        finetune(init, data, tmp, cfg, easy=easy, quiet=True, teacher_logits=teacher)
+        finetune(init, data, tmp, cfg, easy=easy, quiet=True, teacher_logits=teacher, teacher_features=feats)
     return str(out)
 
 
@@ -363,6 +395,17 @@ def _job_teacher(large, data, out):
     logits = teacher_logits(Tier.from_pretrained(large), data)
     with _atomic_output(out) as tmp:
         torch.save(logits, tmp)
+    return str(out)
+
+
+def _job_teacher_features(large, data, out):
+    """A job: the trained final tier's pooler outputs on ``data`` (the training rows, then any
+    unlabelled ones) for feature distillation (:func:`cascade_rt.train.teacher_features`)."""
+    from .train import teacher_features
+
+    feats = teacher_features(large, data)
+    with _atomic_output(out) as tmp:
+        torch.save(feats, tmp)
     return str(out)
 
 
@@ -404,7 +447,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     # bench/tier_recipe.py)
     small_cfg = TrainConfig(**{**vars(cfg), "lr": args.small_lr, "epochs": args.small_epochs,
                                "freeze_word_embeddings": False, "distill": args.distill,
-                               "distill_temperature": args.distill_temperature})
+                               "distill_temperature": args.distill_temperature,
+                               "feature_distill": args.feature_distill})
     utag = _unlabeled_tag(unlabeled)
     # the labelled training rows, then any unlabelled text (the small models and singles train on it)
     fit = tr if pool is None else tr + pool
@@ -412,7 +456,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     # the difficulty-label fold models train on the labelled rows alone, whatever the pool
     dtag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{args.small_init}" + (
         f"_kd{args.distill:g}T{args.distill_temperature:g}" if args.distill else "")
-    stag = dtag + (f"_T{args.distill_temperature:g}" if pool is not None and not args.distill else "") + utag
+    stag = dtag + (f"_T{args.distill_temperature:g}" if pool is not None and not args.distill else "") + utag + (
+        f"_fd{args.feature_distill:g}" if args.feature_distill else "")
 
     def base(n):
         d = root / f"init_l{n}"
@@ -434,14 +479,16 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         elif name not in {j.name for j in jobs}:
             small = n != L
             teach = teacher_file if small and teach_any else None
+            feats = features_file if small and args.feature_distill else None
             # a small model cut from the final tier starts once that is trained (the cut is made in the job)
             cut = small and from_final
             init = root / f"init_l{n}_from_{large.name}" if cut else base(n)
             # the final tier runs alone, with every thread, when the small models start from it:
             # all but the difficulty folds wait for it, and one worker would otherwise sit idle
             job(name, _job_finetune, init, fit if small else tr, d, cfg_n, easy_file, teach,
-                (large, n, C) if cut else None,
-                deps=(*deps, *(["teacher"] if teach else []), *([large.name] if cut else [])), cost=2 + n,
+                (large, n, C) if cut else None, features_file=feats,
+                deps=(*deps, *(["teacher"] if teach else []), *(["teacher_features"] if feats else []),
+                      *([large.name] if cut else [])), cost=2 + n,
                 alone=not small and from_final)
         return d
 
@@ -453,6 +500,11 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     if teach_any and not teacher_file.is_file():
         # every model that learns from it waits for it: it runs alone, on every thread
         job("teacher", _job_teacher, large, fit, teacher_file, deps=[large.name], cost=2, alone=True)
+    # its pooler outputs on the same rows, for feature distillation
+    features_file = root / f"teacher_features_{large.name}{utag}.pt"
+    if args.feature_distill and not features_file.is_file():
+        job("teacher_features", _job_teacher_features, large, fit, features_file, deps=[large.name], cost=2,
+            alone=True)
     diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{dtag}.json"
     if not diff_file.is_file():
         job("difficulty", _job_difficulty, base(small_layers[0]), tr, small_cfg, args.folds, {"test": te, "dev": dv},

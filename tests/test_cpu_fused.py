@@ -36,7 +36,9 @@ TOLS = [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 6e-3)]
 LENGTHS = [[1, 7, 33, 2], [5], [60, 3], [49, 48, 47], []]
 
 
-def _weights(dtype, g, layers=LAYERS):
+def _weights(dtype, g, layers=LAYERS, hidden=HIDDEN, inter=INTER):
+    HIDDEN, INTER = hidden, inter  # noqa: N806
+
     def rnd(*shape, scale=1.0, shift=0.0):
         return (shift + scale * torch.randn(shape, generator=g)).to(dtype)
 
@@ -109,22 +111,27 @@ FIRST_LENGTHS = [[1, 7, 33, 2], [5], [60, 3], [49, 48, 47], [1]]
                                                if p != "panel" or d == torch.float32],
                          ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize("layers", [1, 2])
-def test_encoder_layers_first_tokens_match_the_full_result(lengths, dtype, atol, packed, layers):
+# hidden 40: the fused QKV weight's panels straddle the query/key cut, so the last layer takes
+# every token's query; hidden 64 (a multiple of every panel width): the query weight's panels
+# are cut off and the query is computed for the first tokens alone (plain weights: always)
+@pytest.mark.parametrize("hidden,heads,inter", [(HIDDEN, HEADS, INTER), (64, 4, 100)])
+def test_encoder_layers_first_tokens_match_the_full_result(lengths, dtype, atol, packed, layers, hidden, heads,
+                                                           inter):
     """first_tokens: the last layer runs for each row's first token only; the result is the full
     encoder's output at cu_seqlens[:-1] (the reference defines it so)."""
-    g = torch.Generator().manual_seed(sum(lengths) + layers)
+    g = torch.Generator().manual_seed(sum(lengths) + layers + hidden)
     cu, T = cu_of(lengths, "cpu")
-    x = torch.randn(T, HIDDEN, generator=g).to(dtype)
-    ws = _weights(dtype, g, layers=layers)
+    x = torch.randn(T, hidden, generator=g).to(dtype)
+    ws = _weights(dtype, g, layers=layers, hidden=hidden, inter=inter)
     args = (cu, max(lengths))
     with poisoned():
-        got = torch.ops.cascade_rt.encoder_layers(x, *args, _packed(ws, packed), HEADS, EPS, "gelu", True)
-    want = R.encoder_layers_ref(x, *args, ws, HEADS, EPS, "gelu", True)
-    full = R.encoder_layers_ref(x, *args, ws, HEADS, EPS, "gelu")
-    assert got.shape == (len(lengths), HIDDEN) and got.dtype == dtype
+        got = torch.ops.cascade_rt.encoder_layers(x, *args, _packed(ws, packed), heads, EPS, "gelu", True)
+    want = R.encoder_layers_ref(x, *args, ws, heads, EPS, "gelu", True)
+    full = R.encoder_layers_ref(x, *args, ws, heads, EPS, "gelu")
+    assert got.shape == (len(lengths), hidden) and got.dtype == dtype
     assert torch.equal(want, full.index_select(0, cu[:-1].long()))
     torch.testing.assert_close(got, want, atol=atol, rtol=0)
-    torch.testing.assert_close(ops.encoder_layers(x, *args, _packed(ws, packed), HEADS, EPS, "gelu",
+    torch.testing.assert_close(ops.encoder_layers(x, *args, _packed(ws, packed), heads, EPS, "gelu",
                                                   first_tokens=True), want, atol=atol, rtol=0)
 
 

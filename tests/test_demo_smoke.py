@@ -55,12 +55,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert meta["small_init"] == "final" and meta["timing"]["warmup_rows"] == 128
     # 32 training rows are few: --unlabeled auto adds the other shipped sets' text (cut to
     # --limit too), labelled by the final tier for the small models and singles, not the folds
-    assert meta["unlabeled"] == "shipped" and meta["unlabeled_rows"] == 32
+    assert meta["unlabeled"] == "shipped" and meta["unlabeled_rows"] == 32 and meta["feature_distill"] == 1.0
     for seed in (0, 1):
         root = next((tmp_path / "cache").glob(f"*_s{seed}_*"))
         assert torch.load(root / "teacher_large_l2_lr0.0001_ushipped.pt").shape == (64, 2)
+        # with that text the small models also learn the final tier's pooler outputs
+        # (--feature-distill auto), computed once per seed for every row they train on
+        assert torch.load(root / "teacher_features_large_l2_lr0.0001_ushipped.pt").shape == (64, 384)
         assert {d.name for d in root.glob("small_l1_*")} == {
-            "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_ce", "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_dao_k2_m0.5_lam0.5"}
+            "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_ce",
+            "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_dao_k2_m0.5_lam0.5"}
+        saved = json.loads((root / "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_ce" / "cascade_rt_train.json")
+                           .read_text())
+        assert saved["feature_distill"] == 1.0
         assert [d.name for d in root.glob("difficulty_*")] == ["difficulty_l1_k2_lr0.0003_e0.5_we_final.json"]
 
 
@@ -115,6 +122,8 @@ def test_goals_compare_at_measured_speedups():
     ("--train-workers", "0", "--train-workers must be >= 1"), ("--distill", "1.5", "--distill must be in"),
     ("--min-steps", "-1", "--min-steps must be >= 0"), ("--singles", "6", "--singles: depths must be in"),
     ("--warmup-rows", "-1", "--warmup-rows must be >= 0"), ("--small-init", "bert", "invalid choice"),
+    ("--feature-distill", "-1", "--feature-distill must be 'auto' or a number >= 0, got -1"),
+    ("--feature-distill", "some", "--feature-distill must be 'auto' or a number >= 0, got 'some'"),
     ("--unlabeled", "/no/such/file.csv", "--unlabeled /no/such/file.csv: unlabeled text: '/no/such/file.csv' is "
                                           "neither 'shipped' nor a file")])
 def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):

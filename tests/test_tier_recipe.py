@@ -80,10 +80,18 @@ def test_distilled_run_with_a_step_floor(tmp_path):
     assert saved["distill"] == 0.5 and saved["min_steps"] == 12
     wa, wb = (load_file(tmp_path / d / "model.safetensors") for d in ("teacher", "kd"))
     assert not all(torch.equal(wa[k], wb[k]) for k in wa)
-    with pytest.raises(SystemExit, match="--distill and --unlabeled need --teacher"):
-        main(common + ["--distill", "0.5"])
-    with pytest.raises(SystemExit, match="--distill and --unlabeled need --teacher"):
-        main(common + ["--unlabeled", "shipped"])
+    for flag in (["--distill", "0.5"], ["--unlabeled", "shipped"], ["--feature-distill", "1"]):
+        with pytest.raises(SystemExit, match="--distill, --feature-distill and --unlabeled need --teacher"):
+            main(common + flag)
+    # --feature-distill: the tier also learns the teacher's pooler outputs (recorded, and trains
+    # otherwise than without)
+    assert main(common + ["--out", str(tmp_path / "fd"), "--teacher", str(tmp_path / "teacher"),
+                          "--feature-distill", "4"]) == 0
+    fd = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert fd["recipe"]["feature_distill"] == 4.0
+    assert json.loads((tmp_path / "fd" / "cascade_rt_train.json").read_text())["feature_distill"] == 4.0
+    wf = load_file(tmp_path / "fd" / "model.safetensors")
+    assert not all(torch.equal(wf[k], wa[k]) for k in wa)
     # --unlabeled: the tier also trains on text without labels, learning the teacher's predictions
     texts = tmp_path / "texts.csv"
     texts.write_text("text\nnot bad at all\nhardly worth it\nquite a ride\n")

@@ -445,3 +445,52 @@ def test_search_many_stages_not_degenerate(target):
     assert not (stage == 0).all()
     assert local[1] == pytest.approx(exact[1])
     assert exact[1] >= 0.9
+
+
+def test_finetune_feature_distillation(tiny, tmp_path):
+    """Feature distillation pulls the pooler output towards the teacher's features, on
+    labelled and unlabelled rows alike; weight 0 trains exactly as before; bad teacher
+    features are refused."""
+    from transformers import BertForSequenceClassification
+
+    from cascade_rt.train import collate, teacher_features
+    from cascade_rt.train.forward import classifier_logits
+
+    init, data = tiny
+    cfg = TrainConfig(epochs=3, lr=3e-3, batch_size=8, seed=1, min_steps=30)
+    # the teacher's features of the initial model are its own pooler outputs
+    m0 = BertForSequenceClassification.from_pretrained(str(init)).eval()
+    feats0 = teacher_features(init, data)
+    with torch.no_grad():
+        b = collate(data, list(range(len(data))))
+        hf = m0.bert(**b).pooler_output
+    torch.testing.assert_close(feats0, hf, atol=1e-5, rtol=0)
+    target = -feats0  # another model's features: this one's with the pooler's weights negated
+
+    def pooled(model):
+        with torch.no_grad():
+            return classifier_logits(model.eval(), **b, return_pooled=True)[1]
+
+    plain = finetune(init, data, None, cfg, quiet=True, save=False)
+    same = finetune(init, data, None, cfg, quiet=True, save=False, teacher_features=target)
+    assert torch.equal(pooled(plain), pooled(same))  # weight 0: the features are not used
+    fd = TrainConfig(**{**vars(cfg), "feature_distill": 10.0})
+    pulled = finetune(init, data, tmp_path / "fd", fd, quiet=True, teacher_features=target)
+    mse = lambda m: torch.nn.functional.mse_loss(pooled(m), target).item()  # noqa: E731
+    assert mse(pulled) < 0.5 * mse(plain)
+    assert json.loads((tmp_path / "fd" / "cascade_rt_train.json").read_text())["feature_distill"] == 10.0
+    # unlabelled rows learn the features too (with the teacher's logits for their labels)
+    n = len(data)
+    mixed = Encoded(data.ids * 2, data.types * 2, data.labels + [UNLABELED] * n)
+    logits = torch.zeros(2 * n, 2)
+    both = finetune(init, mixed, None, fd, quiet=True, save=False, teacher_logits=logits,
+                    teacher_features=torch.cat([target, target]))
+    assert mse(both) < 0.5 * mse(plain)
+    with pytest.raises(ValueError, match="needs teacher_features"):
+        finetune(init, data, None, fd, quiet=True, save=False)
+    with pytest.raises(ValueError, match="teacher_features must be"):
+        finetune(init, data, None, fd, quiet=True, save=False, teacher_features=target[:3])
+    with pytest.raises(ValueError, match="wide"):
+        finetune(init, data, None, fd, quiet=True, save=False, teacher_features=target[:, :5])
+    with pytest.raises(ValueError, match="feature_distill must be"):
+        finetune(init, data, None, TrainConfig(feature_distill=-1.0), quiet=True, save=False)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .forward import classifier_logits, cls_only_supported
 
 __all__ = ["Encoded", "encode", "batches", "dao_loss", "distill_loss", "batch_loss", "UNLABELED", "TrainConfig",
-           "train_steps", "teacher_logits", "finetune", "predict_probs", "difficulty_labels", "native_bf16"]
+           "train_steps", "teacher_logits", "teacher_features", "finetune", "predict_probs", "difficulty_labels", "native_bf16"]
 
 
 @dataclass
@@ -152,6 +152,10 @@ class TrainConfig:
     #: KL(softmax(teacher / T) || softmax(student / T))`` with ``T = distill_temperature``
     distill: float = 0.0
     distill_temperature: float = 2.0
+    #: weight of feature distillation (``finetune(teacher_features=...)``): every row, labelled
+    #: or not, adds ``feature_distill * mean((pooled - teacher_pooled) ** 2)`` over the pooler
+    #: output the classifier reads (the student keeps the teacher's width)
+    feature_distill: float = 0.0
     #: compute the last layer for the [CLS] token only (:mod:`cascade_rt.train.forward`): the
     #: same logits and gradients for fewer FLOPs; models it does not cover use their own forward
     cls_only: bool = True
@@ -233,6 +237,21 @@ def train_steps(rows: int, cfg: TrainConfig) -> int:
     return max(1, int(math.ceil(cfg.epochs * _batches_per_epoch(rows, cfg.batch_size))), int(cfg.min_steps))
 
 
+@torch.no_grad()
+def teacher_features(model_dir, data: Encoded, batch_size: int = 128) -> torch.Tensor:
+    """A trained ``BertForSequenceClassification``'s pooler outputs (rows, hidden) on ``data``:
+    the features its classifier reads, targets of feature distillation."""
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    if not cls_only_supported(model):
+        raise ValueError(f"{model_dir}: feature distillation needs a BERT classifier with the standard layout")
+    out = torch.zeros(len(data), model.config.hidden_size)
+    for idx in batches(data.lengths, batch_size, None):
+        out[torch.tensor(idx)] = classifier_logits(model, **collate(data, idx), return_pooled=True)[1].float()
+    return out
+
+
 def teacher_logits(model, data: Encoded) -> torch.Tensor:
     """A trained classifier's log-probabilities on ``data``: its logits for distillation up to a
     per-row shift, which softmax ignores."""
@@ -301,7 +320,7 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: "TrainConfig", e
 
 def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[bool] | None = None,
              desc: str = "train", quiet: bool = False, save: bool = True,
-             teacher_logits: torch.Tensor | None = None):
+             teacher_logits: torch.Tensor | None = None, teacher_features: torch.Tensor | None = None):
     """Fine-tune a BERT sequence classifier on ``data``; returns the trained HF model.
 
     ``init_dir``: a ``BertForSequenceClassification`` directory. With ``cfg.dao`` the loss is
@@ -336,6 +355,15 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
         if teacher_logits.dim() != 2 or teacher_logits.shape[0] != len(data):
             raise ValueError(f"teacher_logits must be (rows, labels) = ({len(data)}, C), "
                              f"got {tuple(teacher_logits.shape)}")
+    if cfg.feature_distill < 0:
+        raise ValueError(f"feature_distill must be >= 0, got {cfg.feature_distill}")
+    if cfg.feature_distill > 0:
+        if teacher_features is None:
+            raise ValueError("feature distillation (feature_distill > 0) needs teacher_features")
+        teacher_features = torch.as_tensor(teacher_features, dtype=torch.float32)
+        if teacher_features.dim() != 2 or teacher_features.shape[0] != len(data):
+            raise ValueError(f"teacher_features must be (rows, hidden) = ({len(data)}, H), "
+                             f"got {tuple(teacher_features.shape)}")
     _seed_all(cfg.seed)
     model = BertForSequenceClassification.from_pretrained(str(init_dir), attn_implementation="sdpa")
     model.train()
@@ -347,6 +375,13 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
         used = sorted({i for row in data.ids for i in row} | ({emb.padding_idx} if emb.padding_idx is not None else set()))
         sub = model.bert.embeddings.word_embeddings = _UsedRowsEmbedding(emb, torch.tensor(used, dtype=torch.int64))
     fast = cfg.cls_only and cls_only_supported(model)
+    if cfg.feature_distill > 0:
+        if not cls_only_supported(model):
+            raise ValueError(f"{init_dir}: feature distillation needs a BERT classifier with the standard layout")
+        if teacher_features.shape[1] != model.config.hidden_size:
+            raise ValueError(f"teacher_features are {teacher_features.shape[1]} wide, the model's pooler "
+                             f"{model.config.hidden_size}")
+        fast = True
     steps = train_steps(len(data), cfg)
     no_decay = ("bias", "LayerNorm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -373,9 +408,15 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             b = collate(data, idx)
             labels = torch.tensor([data.labels[i] for i in idx])
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = (classifier_logits(model, **b) if fast else model(**b).logits).float()
+                if cfg.feature_distill > 0:
+                    logits, pooled = classifier_logits(model, **b, return_pooled=True)
+                else:
+                    logits = classifier_logits(model, **b) if fast else model(**b).logits
+                logits = logits.float()
             loss = batch_loss(logits, labels, cfg, easy=easy_t[idx] if easy_t is not None else None,
                               teacher=teacher_logits[idx] if teacher_logits is not None else None, generator=gen)
+            if cfg.feature_distill > 0:
+                loss = loss + cfg.feature_distill * F.mse_loss(pooled.float(), teacher_features[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
@@ -455,7 +496,7 @@ def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
             held_set = set(held)
             train_idx = [i for i in order if i not in held_set]
             # a fold model makes as many passes over its rows as the tier over all rows
-            fold_cfg = TrainConfig(**{**vars(cfg), "seed": seed * 100 + f, "dao": False,
+            fold_cfg = TrainConfig(**{**vars(cfg), "seed": seed * 100 + f, "dao": False, "feature_distill": 0.0,
                                       "epochs": epochs, "min_steps": 0})
             model = finetune(init_dir, data.subset(train_idx), None, fold_cfg,
                              desc=f"difficulty seed {seed} fold {f + 1}/{folds}", quiet=quiet, save=False,

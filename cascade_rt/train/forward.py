@@ -35,10 +35,11 @@ def cls_only_supported(model) -> bool:
 
 
 def classifier_logits(model, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> torch.Tensor:
+                      attention_mask: torch.Tensor, return_pooled: bool = False):
     """(B, labels) logits of a ``BertForSequenceClassification`` on right-padded (B, S) inputs,
     the last layer computed for the [CLS] token only (see the module docstring). Dropout
-    follows ``model.training`` as in the model's own forward."""
+    follows ``model.training`` as in the model's own forward. ``return_pooled``: also the
+    (B, hidden) pooler output the classifier reads, as ``(logits, pooled)``."""
     bert, cfg = model.bert, model.config
     x = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
     B, S, hidden = x.shape
@@ -61,4 +62,5 @@ def classifier_logits(model, input_ids: torch.Tensor, token_type_ids: torch.Tens
         fo = layer.output
         x = fo.LayerNorm(fo.dropout(fo.dense(inter)) + h)
     pooled = bert.pooler.activation(bert.pooler.dense(x[:, 0]))
-    return model.classifier(model.dropout(pooled))
+    logits = model.classifier(model.dropout(pooled))
+    return (logits, pooled) if return_pooled else logits

@@ -9,7 +9,8 @@
 // add+LayerNorm are this extension's own CPU kernels, called directly. Nothing here returns
 // to Python between ops, which at batch 1 is most of what a per-op forward spends outside
 // its GEMMs. With first_tokens the last layer runs for each row's first token only (a
-// classifier reads nothing else), which saves most of that layer.
+// classifier reads nothing else): keys and values for every token, everything else for the
+// first tokens, which saves most of that layer.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <ATen/ops/gelu.h>
@@ -69,6 +70,19 @@ bool weight_is(const at::Tensor& w, int64_t n, int64_t k) {
   return w.dim() == 2 && w.size(0) == n && w.size(1) == k;
 }
 
+// output rows [start, start + n) of a dense weight, as a weight of its own (a view): plain
+// (N, K) tensors at any rows, panels where the cut falls between panels; none for oneDNN's
+// packed layout
+std::optional<at::Tensor> weight_rows(const at::Tensor& w, int64_t start, int64_t n) {
+  if (is_panel_weight(w)) {
+    const int64_t width = w.size(2);
+    if (start % width != 0 || n % width != 0) return std::nullopt;
+    return w.narrow(0, start / width, n / width);
+  }
+  if (w.is_mkldnn() || w.dim() != 2) return std::nullopt;
+  return w.narrow(0, start, n);
+}
+
 at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, int64_t max_seqlen,
                               at::TensorList weights, int64_t num_heads, double eps,
                               c10::string_view activation, bool first_tokens) {
@@ -125,10 +139,21 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* w = weights.data() + l * kPerLayer;
     if (first_tokens && l == layers - 1) {
-      at::Tensor qkv = dense(h, w[0], w[1], "none").view({T, 3, num_heads, D});
-      at::Tensor q = qkv.select(1, 0).index_select(0, first);
-      at::Tensor ctx = first_token_attention_cpu(q, qkv.select(1, 1), qkv.select(1, 2), cu, max_seqlen, scale);
       at::Tensor hf = h.index_select(0, first);
+      at::Tensor q, k, v;
+      const std::optional<at::Tensor> w_q = weight_rows(w[0], 0, hidden), w_kv = weight_rows(w[0], hidden, 2 * hidden);
+      if (w_q && w_kv) {  // keys and values for every token, the query for the first tokens only
+        at::Tensor kv = dense(h, *w_kv, w[1].narrow(0, hidden, 2 * hidden), "none").view({T, 2, num_heads, D});
+        q = dense(hf, *w_q, w[1].narrow(0, 0, hidden), "none").view({B, num_heads, D});
+        k = kv.select(1, 0);
+        v = kv.select(1, 1);
+      } else {  // a weight that cannot be cut (oneDNN's packed layout, panels across the cut)
+        at::Tensor qkv = dense(h, w[0], w[1], "none").view({T, 3, num_heads, D});
+        q = qkv.select(1, 0).index_select(0, first);
+        k = qkv.select(1, 1);
+        v = qkv.select(1, 2);
+      }
+      at::Tensor ctx = first_token_attention_cpu(q, k, v, cu, max_seqlen, scale);
       at::Tensor attn = dense(ctx.view({B, hidden}), w[2], w[3], "none");
       hf = add_layer_norm_cpu(attn, hf, w[4], w[5], eps);
       at::Tensor inter = dense(hf, w[6], w[7], act);
