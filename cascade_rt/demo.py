@@ -65,8 +65,8 @@ DISTILL = 0.0
 #: models learn from text without labels (``--feature-distill auto``). Chosen on dev
 #: (``bench/tier_recipe.py --feature-distill``, ``bench/results/tier_recipe.jsonl``; 2-layer tier
 #: cut from the final tier, with the other sets' text; two-tier cascade's dev accuracy at the
-#: 2x, 2.5x and 3x targets): on amazon, weight 1 against 0 gained 0.0, +0.3, -0.3 points (seed 0)
-#: and +1.4, +1.9, +0.6 (seed 1), weight 4 0.0, +0.8, +1.2 and +0.8, +0.8, -0.8; on tweets
+#: 2x, 2.5x and 3x targets): on amazon, weight 1 against 0 gained +0.3, -0.3, +0.3 points (seed
+#: 0) and +1.4, +1.9, +0.6 (seed 1), weight 4 0.0, +0.8, +1.2 and +0.8, +0.8, -0.8; on tweets
 #: (seed 0) weight 1 kept the cascade within one dev row (0.952 at 2.95x against 0.955 at
 #: 3.10x). A small gain on 361 dev rows (one row is 0.28 points); the larger sets, which train
 #: without that text, were not tried
