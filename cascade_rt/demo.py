@@ -213,10 +213,11 @@ def run(args) -> int:
     if not 0.0 <= args.distill <= 1.0:
         raise SystemExit(f"--distill must be in [0, 1], got {args.distill}")
     if args.feature_distill != "auto":
+        bad_fd = f"--feature-distill must be 'auto' or a number >= 0, got {args.feature_distill!r}"
         try:
             args.feature_distill = float(args.feature_distill)
         except ValueError:
-            raise SystemExit(f"--feature-distill must be 'auto' or a number >= 0, got {args.feature_distill!r}") from None
+            raise SystemExit(bad_fd) from None
         if not args.feature_distill >= 0:
             raise SystemExit(f"--feature-distill must be 'auto' or a number >= 0, got {args.feature_distill}")
     if args.warmup_rows is not None and args.warmup_rows < 0:
