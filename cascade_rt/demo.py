@@ -387,26 +387,17 @@ def _job_difficulty(init, data, cfg, folds, extra, cache, teacher_file=None):
     return str(cache)
 
 
-def _job_teacher(large, data, out):
+def _job_teacher(large, data, out, features=False):
     """A job: the trained final tier's logits for distillation on ``data``, the training rows
-    and then any unlabelled ones (:func:`cascade_rt.train.teacher_logits`), saved to ``out``."""
+    and then any unlabelled ones (:func:`cascade_rt.train.teacher_logits`), or with
+    ``features`` its pooler outputs for feature distillation
+    (:func:`cascade_rt.train.teacher_features`), saved to ``out``."""
     from .tier import Tier
-    from .train import teacher_logits
+    from .train import teacher_features, teacher_logits
 
-    logits = teacher_logits(Tier.from_pretrained(large), data)
+    t = teacher_features(large, data) if features else teacher_logits(Tier.from_pretrained(large), data)
     with _atomic_output(out) as tmp:
-        torch.save(logits, tmp)
-    return str(out)
-
-
-def _job_teacher_features(large, data, out):
-    """A job: the trained final tier's pooler outputs on ``data`` (the training rows, then any
-    unlabelled ones) for feature distillation (:func:`cascade_rt.train.teacher_features`)."""
-    from .train import teacher_features
-
-    feats = teacher_features(large, data)
-    with _atomic_output(out) as tmp:
-        torch.save(feats, tmp)
+        torch.save(t, tmp)
     return str(out)
 
 
@@ -504,8 +495,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     # its pooler outputs on the same rows, for feature distillation
     features_file = root / f"teacher_features_{large.name}{utag}.pt"
     if args.feature_distill and not features_file.is_file():
-        job("teacher_features", _job_teacher_features, large, fit, features_file, deps=[large.name], cost=2,
-            alone=True)
+        job("teacher_features", _job_teacher, large, fit, features_file, True, deps=[large.name], cost=2, alone=True)
     diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{dtag}.json"
     if not diff_file.is_file():
         job("difficulty", _job_difficulty, base(small_layers[0]), tr, small_cfg, args.folds, {"test": te, "dev": dv},

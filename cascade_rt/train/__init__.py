@@ -247,10 +247,8 @@ def teacher_features(model_dir, data: Encoded, batch_size: int = 128) -> torch.T
     model = BertForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
     if not cls_only_supported(model):
         raise ValueError(f"{model_dir}: feature distillation needs a BERT classifier with the standard layout")
-    out = torch.zeros(len(data), model.config.hidden_size)
-    for idx in batches(data.lengths, batch_size, None):
-        out[torch.tensor(idx)] = classifier_logits(model, **collate(data, idx), return_pooled=True)[1].float()
-    return out
+    return _by_rows(data, batch_size, lambda b: classifier_logits(model, **b, return_pooled=True)[1],
+                    model.config.hidden_size)
 
 
 def teacher_logits(model, data: Encoded) -> torch.Tensor:
@@ -375,14 +373,14 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
         emb = model.bert.embeddings.word_embeddings
         used = sorted({i for row in data.ids for i in row} | ({emb.padding_idx} if emb.padding_idx is not None else set()))
         sub = model.bert.embeddings.word_embeddings = _UsedRowsEmbedding(emb, torch.tensor(used, dtype=torch.int64))
-    fast = cfg.cls_only and cls_only_supported(model)
+    # the [CLS]-only forward; feature distillation needs it for the pooler output
+    fast = cls_only_supported(model) and (cfg.cls_only or cfg.feature_distill > 0)
     if cfg.feature_distill > 0:
-        if not cls_only_supported(model):
+        if not fast:
             raise ValueError(f"{init_dir}: feature distillation needs a BERT classifier with the standard layout")
         if teacher_features.shape[1] != model.config.hidden_size:
             raise ValueError(f"teacher_features are {teacher_features.shape[1]} wide, the model's pooler "
                              f"{model.config.hidden_size}")
-        fast = True
     steps = train_steps(len(data), cfg)
     no_decay = ("bias", "LayerNorm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -409,10 +407,10 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
             b = collate(data, idx)
             labels = torch.tensor([data.labels[i] for i in idx])
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                if cfg.feature_distill > 0:
+                if fast:
                     logits, pooled = classifier_logits(model, **b, return_pooled=True)
                 else:
-                    logits = classifier_logits(model, **b) if fast else model(**b).logits
+                    logits = model(**b).logits
                 logits = logits.float()
             loss = batch_loss(logits, labels, cfg, easy=easy_t[idx] if easy_t is not None else None,
                               teacher=teacher_logits[idx] if teacher_logits is not None else None, generator=gen)
@@ -451,16 +449,24 @@ def finetune(init_dir, data: Encoded, out_dir, cfg: TrainConfig, easy: Sequence[
 @torch.no_grad()
 def predict_probs(model, data: Encoded, batch_size: int = 128) -> torch.Tensor:
     """Softmax probabilities (N, C) float32 of a classifier (HF model or cascade_rt Tier)."""
-    out = None
-    for idx in batches(data.lengths, batch_size, None):
-        b = collate(data, idx)
+    def probs(b):
         logits = model(**b)
         logits = logits.logits if hasattr(logits, "logits") else logits
-        p = torch.softmax(logits.float(), -1)
+        return torch.softmax(logits.float(), -1)
+
+    return _by_rows(data, batch_size, probs, 2)
+
+
+def _by_rows(data: Encoded, batch_size: int, fn, empty_width: int) -> torch.Tensor:
+    """(rows, width) float32: ``fn`` (a collated batch -> (batch, width)) on the length-sorted
+    batches of ``data``, each row put back in its place; (0, ``empty_width``) for no rows."""
+    out = None
+    for idx in batches(data.lengths, batch_size, None):
+        y = fn(collate(data, idx)).float()
         if out is None:
-            out = torch.zeros(len(data), p.shape[1])
-        out[torch.tensor(idx)] = p
-    return out if out is not None else torch.zeros(0, 2)
+            out = torch.zeros(len(data), y.shape[1])
+        out[torch.tensor(idx)] = y
+    return out if out is not None else torch.zeros(0, empty_width)
 
 
 def difficulty_labels(init_dir, data: Encoded, cfg: TrainConfig, folds: int = 5,
