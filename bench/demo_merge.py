@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from cascade_rt.demo import _aggregate_table, _goals_over_seeds, _goals_text, _plot, aggregate, goals
+    from cascade_rt.demo import _aggregate_table, _goals_text, _plot, aggregate, summarize_goals
     from cascade_rt.evaluate import reliability_bins
 
     metas = [json.loads((Path(r) / "meta.json").read_text()) for r in args.runs]
@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     seeds = [s for m in metas for s in m["seeds"]]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"a seed appears in more than one run: {seeds}")
-    per_seed = {s: goals([q for q in points if q["seed"] == s]) for s in seeds}
-    summary = {"aggregate": aggregate(points), "goals_per_seed": per_seed, "goals": _goals_over_seeds(per_seed)}
+    per_seed, over_seeds = summarize_goals(points, seeds)
+    summary = {"aggregate": aggregate(points), "goals_per_seed": per_seed, "goals": over_seeds}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")

@@ -3,10 +3,11 @@ and ``demo_<data>_meta.json``, copies of a ``cascade-rt demo`` run's ``aggregate
 ``meta.json``).
 
 Prints, per data set, the issue's goals (mean +- std over the run's seeds, accuracies in
-points): the cascade's drop against the final tier at >= 2x measured speed-up, its margin
-over early exit at the same measured speed-up, and its worst margin between 1.5x and 2.5x over
-the best single model at least as fast; then the headline sweep (mean +- std per method and
-target)::
+points, and in brackets the 95% bootstrap interval over test rows where the run recorded
+per-row correctness): the cascade's drop against the final tier at >= 2x measured speed-up,
+its margin over early exit at the same measured speed-up, and its worst margin between 1.5x
+and 2.5x over the best single model at least as fast; then the headline sweep (mean +- std
+per method and target)::
 
     .venv/bin/python bench/demo_summary.py movies amazon tweets nyt
 """
@@ -26,6 +27,9 @@ def _pm(st, unit="", digits=1, seeds=None):
     txt = f"{st['mean']:.{digits}f}{unit}"
     if seeds and seeds > 1:
         txt += f" ± {st['std']:.{digits}f}"
+    if st.get("ci95"):
+        lo, hi = st["ci95"]
+        txt += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     if seeds and st.get("seeds") not in (None, seeds):
         txt += f" ({st['seeds']} of {seeds} seeds)"
     return txt

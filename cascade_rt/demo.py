@@ -270,13 +270,13 @@ def run(args) -> int:
             continue
         (out / f"sweep_seed{seed}.json").write_text(json.dumps(pts, indent=2) + "\n")
         print(_table(pts))
-        print(_goals_text(goals(pts)))
+        print(_goals_text(summarize_goals(pts, [seed])[0][seed]))
         points += pts
         reliab = reliab or rel
     if args.train_only:
         return 0
     agg = aggregate(points)
-    per_seed_goals = {s: goals([p for p in points if p["seed"] == s]) for s in seeds}
+    per_seed_goals, goals_all = summarize_goals(points, seeds)
     meta = {"data": splits.name, "small_layers": sorted(args.small_layers), "large_layers": args.large_layers,
             "singles": singles, "max_len": args.max_len,
             "epochs": args.epochs, "small_epochs": args.small_epochs, "small_lr": args.small_lr,
@@ -300,7 +300,7 @@ def run(args) -> int:
                        "speedup_measured": "median over rounds of final-tier seconds / method seconds; "
                                            "speedup_measured_min/max/all: the spread"}}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
-    summary = {"aggregate": agg, "goals_per_seed": per_seed_goals, "goals": _goals_over_seeds(per_seed_goals)}
+    summary = {"aggregate": agg, "goals_per_seed": per_seed_goals, "goals": goals_all}
     (out / "aggregate.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(agg, reliab, out / "sweep.png", reliability_bins, args.large_layers)
     text = _aggregate_table(agg, len(seeds)) + "\n\n" + _goals_text(summary["goals"], over_seeds=len(seeds) > 1)
@@ -557,6 +557,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         "method": "full", "thresholds": [], "accuracy": full_acc_te,
         "ece": ece(full_conf, full_correct), "dis": dis(full_conf, easy_te),
         "speedup_analytic": 1.0, "speedup_measured": 1.0, "rows_per_tier": [len(te)],
+        "correct": pack_correct(full_correct),
         "f1": f1_binary(o_full["logits"].argmax(-1).numpy(), labels_te) if C == 2 else None,
         "layers": L, "seed": seed,
     }]
@@ -594,6 +595,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
                 "speedup_analytic": sp_an, "speedup_measured": t["speedup"],
                 "speedup_measured_min": t["speedup_min"], "speedup_measured_max": t["speedup_max"],
                 "speedup_measured_all": t["speedup_all"], "rows_per_tier": o["rows"].tolist(),
+                "correct": pack_correct(pred == labels_te),
                 "f1": f1_binary(pred, labels_te) if C == 2 else None, "target_speedup": c["target"],
                 "seconds": t["seconds"], "seconds_full": t["seconds_baseline"], "seed": seed,
             }
@@ -663,17 +665,27 @@ def _table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _ee_accuracy_at(ee: list[dict], speedup: float) -> float | None:
+def _ee_accuracy_at(ee: list[dict], speedup: float, acc=lambda p: p["accuracy"]) -> float | None:
     """Early exit's test accuracy at a measured speed-up, linearly interpolated between its two
     sweep points around it (None outside the measured range: no extrapolation)."""
-    pts = sorted((p["speedup_measured"], p["accuracy"]) for p in ee)
+    pts = sorted((p["speedup_measured"], acc(p)) for p in ee)
     if not pts or not pts[0][0] <= speedup <= pts[-1][0]:
         return None
     xs, ys = zip(*pts)
     return float(np.interp(speedup, xs, ys))
 
 
-def goals(points: list[dict]) -> dict:
+def pack_correct(correct) -> str:
+    """A point's per-row correctness on test (bools, in test order) as a hex string (8 rows a byte)."""
+    return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
+
+
+def unpack_correct(packed: str, rows: int) -> np.ndarray:
+    """Inverse of :func:`pack_correct`: (rows,) bool."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(packed), dtype=np.uint8), count=rows).astype(bool)
+
+
+def goals(points: list[dict], acc: dict | None = None) -> dict:
     """The issue's goals on one seed's sweep, per cascade method (accuracies in points, i.e. %):
 
     - ``at_2x``: the most accurate point with measured speed-up >= 2; ``drop_vs_full`` (goal:
@@ -682,8 +694,15 @@ def goals(points: list[dict]) -> dict:
     - ``vs_single``: for each point with measured speed-up in [1.5, 2.5], its accuracy minus
       that of the best single model at least as fast (measured); ``worst`` (goal: >= 1) is the
       smallest such margin (points with no single model at least as fast are not compared).
+
+    ``acc``: each point's accuracy (a fraction) by ``id(point)`` in place of its ``accuracy``
+    (the bootstrap's resampled test sets, :func:`summarize_goals`); which points are compared
+    is chosen again from those accuracies.
     """
-    full = next(p["accuracy"] for p in points if p["method"] == "full")
+    def A(p):
+        return p["accuracy"] if acc is None else acc[id(p)]
+
+    full = next(A(p) for p in points if p["method"] == "full")
     ee = [p for p in points if p["method"] == "early_exit"]
     singles = [p for p in points if p["method"] == "single"]
     out = {"full_accuracy": 100 * full}
@@ -694,12 +713,12 @@ def goals(points: list[dict]) -> dict:
         g = {}
         fast = [p for p in pts if p["speedup_measured"] >= 2.0]
         if fast:
-            p = max(fast, key=lambda q: (q["accuracy"], q["speedup_measured"]))
-            ee_acc = _ee_accuracy_at(ee, p["speedup_measured"])
+            p = max(fast, key=lambda q: (A(q), q["speedup_measured"]))
+            ee_acc = _ee_accuracy_at(ee, p["speedup_measured"], A)
             g["at_2x"] = {"target": p["target_speedup"], "speedup_measured": p["speedup_measured"],
-                          "accuracy": 100 * p["accuracy"], "drop_vs_full": 100 * (full - p["accuracy"]),
+                          "accuracy": 100 * A(p), "drop_vs_full": 100 * (full - A(p)),
                           "early_exit_accuracy": None if ee_acc is None else 100 * ee_acc,
-                          "above_early_exit": None if ee_acc is None else 100 * (p["accuracy"] - ee_acc)}
+                          "above_early_exit": None if ee_acc is None else 100 * (A(p) - ee_acc)}
         else:
             g["at_2x"] = None
         margins = []
@@ -708,10 +727,10 @@ def goals(points: list[dict]) -> dict:
                 continue
             rivals = [q for q in singles if q["speedup_measured"] >= p["speedup_measured"]]
             if rivals:
-                q = max(rivals, key=lambda r: r["accuracy"])
+                q = max(rivals, key=A)
                 margins.append({"target": p["target_speedup"], "speedup_measured": p["speedup_measured"],
                                 "single_layers": q["layers"], "single_speedup_measured": q["speedup_measured"],
-                                "margin": 100 * (p["accuracy"] - q["accuracy"])})
+                                "margin": 100 * (A(p) - A(q))})
         g["vs_single"] = {"points": margins, "worst": min((x["margin"] for x in margins), default=None),
                           "best": max((x["margin"] for x in margins), default=None)}
         out[m] = g
@@ -725,21 +744,84 @@ def _stats(xs):
     return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0), len(xs)
 
 
-def _goals_over_seeds(per_seed: dict) -> dict:
-    """Mean, std and count over seeds of each goal's figure."""
+#: each goal's figure from one method's goals (:func:`goals`), None where it has none
+_FIGURES = (("drop_vs_full", lambda g: g["at_2x"] and g["at_2x"]["drop_vs_full"]),
+            ("above_early_exit", lambda g: g["at_2x"] and g["at_2x"]["above_early_exit"]),
+            ("speedup_measured_at_2x", lambda g: g["at_2x"] and g["at_2x"]["speedup_measured"]),
+            ("worst_margin_vs_single", lambda g: g["vs_single"]["worst"]),
+            ("best_margin_vs_single", lambda g: g["vs_single"]["best"]))
+#: the figures that depend on test accuracies, which the bootstrap resamples
+_ACC_FIGURES = ("drop_vs_full", "above_early_exit", "worst_margin_vs_single", "best_margin_vs_single")
+
+#: resampled test sets behind each goal's 95% interval (:func:`summarize_goals`)
+BOOTSTRAP = 2000
+
+
+def _bootstrap(points_by_seed: dict, n_boot: int, rng_seed: int = 0):
+    """Each accuracy figure of the goals (``_ACC_FIGURES``) on ``n_boot`` test sets drawn with
+    replacement from the test rows, the same draws for every method, point and seed (all
+    evaluate the same rows); the points compared are chosen again in each draw (the most
+    accurate at >= 2x, the best single at least as fast), so the spread includes that choice.
+    Returns {seed: {method: {figure: (n_boot,) array or None}}}, or None when a point has no
+    per-row correctness (``correct``: results written before it was recorded)."""
+    pts = [p for ps in points_by_seed.values() for p in ps]
+    rows = {sum(p["rows_per_tier"]) for p in pts}
+    if not pts or any("correct" not in p for p in pts) or len(rows) != 1:
+        return None
+    n = rows.pop()
+    draws = np.random.default_rng(rng_seed).integers(0, n, size=(n_boot, n))
+    out = {}
+    for seed, ps in points_by_seed.items():
+        correct = np.stack([unpack_correct(p["correct"], n) for p in ps])  # (points, rows)
+        accs = correct[:, draws].mean(-1)  # (points, draws)
+        reps: dict = {}
+        for b in range(n_boot):
+            g = goals(ps, acc={id(p): accs[j, b] for j, p in enumerate(ps)})
+            for m in CASCADES:
+                if m in g:
+                    for key, get in _FIGURES:
+                        if key in _ACC_FIGURES:
+                            reps.setdefault(m, {}).setdefault(key, []).append(get(g[m]))
+        out[seed] = {m: {k: None if v[0] is None else np.asarray(v, dtype=np.float64) for k, v in r.items()}
+                     for m, r in reps.items()}
+    return out
+
+
+def _ci95(x) -> list[float] | None:
+    return None if x is None else [float(v) for v in np.percentile(x, [2.5, 97.5])]
+
+
+def summarize_goals(points: list[dict], seeds, n_boot: int = BOOTSTRAP) -> tuple[dict, dict]:
+    """(goals per seed, goals over seeds) of a sweep: :func:`goals` per seed, mean, std and
+    count over seeds (:func:`_goals_over_seeds`), and, where the points carry per-row
+    correctness, a 95% bootstrap interval for each accuracy figure (``ci95``: per seed, and for
+    the mean over seeds, each draw's figures averaged over the seeds that have one). The
+    interval shows what the test set's size allows; the std, what the seeds moved."""
+    by_seed = {s: [p for p in points if p["seed"] == s] for s in seeds}
+    per_seed = {s: goals(ps) for s, ps in by_seed.items()}
+    boot = _bootstrap(by_seed, n_boot) if n_boot else None
+    if boot is not None:
+        for s, g in per_seed.items():
+            for m, figs in boot[s].items():
+                g[m]["ci95"] = {k: _ci95(v) for k, v in figs.items()}
+    return per_seed, _goals_over_seeds(per_seed, boot)
+
+
+def _goals_over_seeds(per_seed: dict, boot: dict | None = None) -> dict:
+    """Mean, std and count over seeds of each goal's figure (and its 95% bootstrap interval,
+    ``ci95``, given :func:`_bootstrap`'s draws)."""
     res = {}
     for m in CASCADES:
         gs = [g[m] for g in per_seed.values() if m in g]
         if not gs:
             continue
         r = {}
-        for key, get in (("drop_vs_full", lambda g: g["at_2x"] and g["at_2x"]["drop_vs_full"]),
-                         ("above_early_exit", lambda g: g["at_2x"] and g["at_2x"]["above_early_exit"]),
-                         ("speedup_measured_at_2x", lambda g: g["at_2x"] and g["at_2x"]["speedup_measured"]),
-                         ("worst_margin_vs_single", lambda g: g["vs_single"]["worst"]),
-                         ("best_margin_vs_single", lambda g: g["vs_single"]["best"])):
+        for key, get in _FIGURES:
             mean, std, n = _stats([get(g) for g in gs])
             r[key] = {"mean": mean, "std": std, "seeds": n}
+            if boot is not None and key in _ACC_FIGURES:
+                reps = [boot[s][m][key] for s in per_seed if m in boot[s] and boot[s][m][key] is not None]
+                r[key]["ci95"] = _ci95(np.mean(reps, axis=0)) if reps else None
         r["met"] = {
             "within_1pt_of_full_at_2x": _met(r["drop_vs_full"], lambda v: v <= 1.0),
             "3pt_above_early_exit": _met(r["above_early_exit"], lambda v: v >= 3.0),
@@ -755,7 +837,11 @@ def _met(stat, ok):
 
 def _goals_text(g: dict, over_seeds: bool = False) -> str:
     if "full_accuracy" in g:  # one seed
+        ci = {m: g[m].get("ci95", {}) for m in CASCADES if m in g}
         g = _goals_over_seeds({0: g})
+        for m, r in g.items():
+            for k, v in ci[m].items():
+                r[k]["ci95"] = v
     n = max((st["seeds"] for r in g.values() for st in r.values() if "seeds" in st), default=0)
     lines = ["goals" + (" (mean +- std over seeds)" if over_seeds else "") + ":"]
     names = {"cascade": "cascade (DAO)", "cascade_no_dao": "cascade (no DAO)"}
@@ -764,6 +850,8 @@ def _goals_text(g: dict, over_seeds: bool = False) -> str:
         if st["mean"] is None:
             return "n/a"
         txt = f"{st['mean']:.2f}{unit}" + (f" +- {st['std']:.2f}" if over_seeds else "")
+        if st.get("ci95"):
+            txt += f" (95% CI {st['ci95'][0]:.2f} to {st['ci95'][1]:.2f})"
         return txt + (f" ({st['seeds']} of {n} seeds)" if over_seeds and st["seeds"] != n else "")
 
     for m, r in g.items():

@@ -4,11 +4,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cascade_rt.data import Example, Splits
-from cascade_rt.demo import UNLABELED_BELOW, aggregate, default_singles, goals, resolve_unlabeled
+from cascade_rt.demo import (UNLABELED_BELOW, aggregate, default_singles, goals, pack_correct, resolve_unlabeled,
+                             summarize_goals, unpack_correct)
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -35,8 +39,14 @@ def test_demo_runs_end_to_end(tmp_path):
         if p["method"] != "full":  # median of 3 warm, alternating passes, with the spread
             assert len(p["speedup_measured_all"]) == 3
             assert p["speedup_measured_min"] <= p["speedup_measured"] <= p["speedup_measured_max"]
+        # each point's per-row correctness on test, in test order: its accuracy, row by row
+        assert unpack_correct(p["correct"], 32).mean() == pytest.approx(p["accuracy"], abs=0)
     summary = json.loads((tmp_path / "out" / "aggregate.json").read_text())
     assert {r["method"] for r in summary["aggregate"]} == {p["method"] for p in points}
+    for m in ("cascade", "cascade_no_dao"):  # a 95% bootstrap interval beside each accuracy figure
+        st_ = summary["goals"][m]["drop_vs_full"]
+        if st_["mean"] is not None:
+            assert st_["ci95"][0] <= st_["mean"] <= st_["ci95"][1]
     assert all(r["seeds"] == [0, 1] for r in summary["aggregate"])
     assert set(summary["goals_per_seed"]) == {"0", "1"}
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 1000
@@ -172,3 +182,75 @@ def test_cache_entries_appear_whole(tmp_path):
     with _atomic_output(f) as tmp:
         torch.save(torch.ones(2), tmp)
     assert torch.equal(torch.load(f), torch.ones(2)) and not (tmp_path / "teacher.pt.partial").exists()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.booleans(), min_size=0, max_size=40))
+def test_correct_bits_round_trip(bits):
+    packed = pack_correct(bits)
+    assert len(packed) == 2 * ((len(bits) + 7) // 8)
+    assert unpack_correct(packed, len(bits)).tolist() == bits
+
+
+def _rows_pt(method, correct, sp, seed=0, target=None, layers=None):
+    """A sweep point with per-row correctness (its accuracy their mean)."""
+    c = np.asarray(correct, dtype=bool)
+    return {**_pt(method, float(c.mean()), sp, seed, target, layers), "rows_per_tier": [len(c)],
+            "correct": pack_correct(c)}
+
+
+def test_bootstrap_interval_of_the_goals():
+    rng = np.random.default_rng(1)
+    n = 600
+    full = rng.random(n) < 0.85
+    casc = full.copy()
+    flip = rng.choice(n, 60, replace=False)  # the cascade differs from the final tier on 60 rows
+    casc[flip] = ~casc[flip]
+    single = rng.random(n) < 0.80
+    pts = [_rows_pt("full", full, 1.0), _rows_pt("cascade", casc, 2.1, target=2.0),
+           _rows_pt("cascade_no_dao", full, 2.05, target=2.0),  # the final tier's answers, row for row
+           _rows_pt("single", single, 2.2, layers=3),
+           _rows_pt("early_exit", single, 1.5), _rows_pt("early_exit", full, 2.5)]
+    per_seed, over = summarize_goals(pts, [0])
+    # without resampling the figures are goals()' own
+    assert {k: v for k, v in per_seed[0]["cascade"].items() if k != "ci95"} == goals(pts)["cascade"]
+    d = 100 * (full.astype(float) - casc.astype(float))
+    lo, hi = per_seed[0]["cascade"]["ci95"]["drop_vs_full"]
+    assert over["cascade"]["drop_vs_full"]["ci95"] == [lo, hi]
+    assert lo < d.mean() < hi
+    # a paired difference of means: the interval is about +-1.96 standard errors wide
+    se = d.std() / np.sqrt(n)
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    # a cascade that answers every row as the final tier does has no spread at all
+    assert per_seed[0]["cascade_no_dao"]["ci95"]["drop_vs_full"] == [0.0, 0.0]
+    wlo, whi = per_seed[0]["cascade"]["ci95"]["worst_margin_vs_single"]
+    assert wlo < per_seed[0]["cascade"]["vs_single"]["worst"] < whi
+    # over seeds: each draw's figures averaged over the seeds; the same draws for every seed
+    pts2 = pts + [{**p, "seed": 1} for p in pts]
+    per2, over2 = summarize_goals(pts2, [0, 1])
+    assert per2[1]["cascade"]["ci95"] == per2[0]["cascade"]["ci95"]
+    assert over2["cascade"]["drop_vs_full"]["ci95"] == pytest.approx([lo, hi])
+    assert over2["cascade"]["drop_vs_full"]["std"] == 0.0
+
+
+def test_bootstrap_chooses_the_point_again_in_each_draw():
+    # two cascade points at >= 2x, equally accurate on the full test set but wrong on
+    # different rows: in each draw the better one is taken, so the drop's interval lies below
+    # the one of either point alone
+    n = 400
+    full = np.ones(n, dtype=bool)
+    a, b = full.copy(), full.copy()
+    a[:40], b[40:80] = False, False
+    one = summarize_goals([_rows_pt("full", full, 1.0), _rows_pt("cascade", a, 2.1, target=2.0)], [0])[1]
+    both = summarize_goals([_rows_pt("full", full, 1.0), _rows_pt("cascade", a, 2.1, target=2.0),
+                            _rows_pt("cascade", b, 2.2, target=2.5)], [0])[1]
+    assert both["cascade"]["drop_vs_full"]["mean"] == pytest.approx(10.0)
+    assert one["cascade"]["drop_vs_full"]["mean"] == pytest.approx(10.0)
+    assert both["cascade"]["drop_vs_full"]["ci95"][1] < one["cascade"]["drop_vs_full"]["ci95"][1]
+
+
+def test_goals_of_points_without_row_correctness_have_no_interval():
+    pts = [_pt("full", 0.9, 1.0), _pt("cascade", 0.89, 2.1, target=2.0)]
+    per_seed, over = summarize_goals(pts, [0])
+    assert "ci95" not in per_seed[0]["cascade"] and "ci95" not in over["cascade"]["drop_vs_full"]
+    assert over["cascade"]["drop_vs_full"]["mean"] == pytest.approx(1.0)
