@@ -762,10 +762,12 @@ def _bootstrap(points_by_seed: dict, n_boot: int, rng_seed: int = 0):
     replacement from the test rows, the same draws for every method, point and seed (all
     evaluate the same rows); the points compared are chosen again in each draw (the most
     accurate at >= 2x, the best single at least as fast), so the spread includes that choice.
-    Returns {seed: {method: {figure: (n_boot,) array or None}}}, or None when a point has no
-    per-row correctness (``correct``: results written before it was recorded)."""
+    Returns {seed: {method: {figure: (n_boot,) array}}}, NaN in a draw where the figure has no
+    value (e.g. the point chosen in that draw lies outside early exit's measured range), or
+    None when a point has no per-row correctness (``correct``: results written before it was
+    recorded)."""
     pts = [p for ps in points_by_seed.values() for p in ps]
-    rows = {sum(p["rows_per_tier"]) for p in pts}
+    rows = {p["rows_per_tier"][0] for p in pts}  # rows entering the first stage: every test row
     if not pts or any("correct" not in p for p in pts) or len(rows) != 1:
         return None
     n = rows.pop()
@@ -782,13 +784,16 @@ def _bootstrap(points_by_seed: dict, n_boot: int, rng_seed: int = 0):
                     for key, get in _FIGURES:
                         if key in _ACC_FIGURES:
                             reps.setdefault(m, {}).setdefault(key, []).append(get(g[m]))
-        out[seed] = {m: {k: None if v[0] is None else np.asarray(v, dtype=np.float64) for k, v in r.items()}
-                     for m, r in reps.items()}
+        out[seed] = {m: {k: np.array([np.nan if x is None else x for x in v], dtype=np.float64)
+                         for k, v in r.items()} for m, r in reps.items()}
     return out
 
 
 def _ci95(x) -> list[float] | None:
-    return None if x is None else [float(v) for v in np.percentile(x, [2.5, 97.5])]
+    """The 2.5th and 97.5th percentiles of the draws that have a value (None if none has)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return None if not x.size else [float(v) for v in np.percentile(x, [2.5, 97.5])]
 
 
 def summarize_goals(points: list[dict], seeds, n_boot: int = BOOTSTRAP) -> tuple[dict, dict]:
@@ -803,7 +808,8 @@ def summarize_goals(points: list[dict], seeds, n_boot: int = BOOTSTRAP) -> tuple
     if boot is not None:
         for s, g in per_seed.items():
             for m, figs in boot[s].items():
-                g[m]["ci95"] = {k: _ci95(v) for k, v in figs.items()}
+                get = dict(_FIGURES)
+                g[m]["ci95"] = {k: None if get[k](g[m]) is None else _ci95(v) for k, v in figs.items()}
     return per_seed, _goals_over_seeds(per_seed, boot)
 
 
@@ -820,8 +826,11 @@ def _goals_over_seeds(per_seed: dict, boot: dict | None = None) -> dict:
             mean, std, n = _stats([get(g) for g in gs])
             r[key] = {"mean": mean, "std": std, "seeds": n}
             if boot is not None and key in _ACC_FIGURES:
-                reps = [boot[s][m][key] for s in per_seed if m in boot[s] and boot[s][m][key] is not None]
-                r[key]["ci95"] = _ci95(np.mean(reps, axis=0)) if reps else None
+                # each draw: the mean over the seeds whose figure has a value (as the mean above)
+                reps = np.array([boot[s][m][key] for s, g in per_seed.items() if m in g and get(g[m]) is not None])
+                with np.errstate(invalid="ignore"):
+                    mean = (np.nansum(reps, axis=0) / (~np.isnan(reps)).sum(0)) if len(reps) else None
+                r[key]["ci95"] = None if mean is None else _ci95(mean)
         r["met"] = {
             "within_1pt_of_full_at_2x": _met(r["drop_vs_full"], lambda v: v <= 1.0),
             "3pt_above_early_exit": _met(r["above_early_exit"], lambda v: v >= 3.0),

@@ -21,7 +21,8 @@ def _run(tmp_path, name, seeds, rng):
             c = full if acc is None else rng.random(300) < acc
             pts.append({"method": method, "accuracy": float(c.mean()), "speedup_measured": sp, "speedup_analytic": sp,
                         "ece": 0.1, "dis": None, "seed": s, "target_speedup": target, "layers": layers,
-                        "thresholds": [], "rows_per_tier": [300], "correct": pack_correct(c)})
+                        "thresholds": [], "rows_per_tier": [300] if layers or acc is None else [300, 120, 40],
+                        "correct": pack_correct(c)})
     d = tmp_path / name
     d.mkdir()
     (d / "sweep.json").write_text(json.dumps(pts))
