@@ -155,6 +155,10 @@ def test_unlabeled_auto_by_training_rows():
     assert resolve_unlabeled("auto", many) is None and resolve_unlabeled("auto", mine) is None
     assert resolve_unlabeled("none", few) is None
     assert resolve_unlabeled("shipped", many) == "shipped" and resolve_unlabeled("u.csv", mine) == "u.csv"
+    # the shipped sets by their training rows: every one but movies gets the text
+    for name, rows, gets in (("amazon", 2888, True), ("tweets", 3356, True), ("nyt", 3956, True),
+                             ("movies", 8454, False)):
+        assert (resolve_unlabeled("auto", Splits(name, [Example("a", 0)] * rows, [], [])) == "shipped") == gets
 
 
 def test_cache_entries_appear_whole(tmp_path):
