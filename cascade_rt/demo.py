@@ -811,9 +811,9 @@ def summarize_goals(points: list[dict], seeds, n_boot: int = BOOTSTRAP) -> tuple
     per_seed = {s: goals(ps) for s, ps in by_seed.items()}
     boot = _bootstrap(by_seed, n_boot) if n_boot else None
     if boot is not None:
+        get = dict(_FIGURES)
         for s, g in per_seed.items():
             for m, figs in boot[s].items():
-                get = dict(_FIGURES)
                 g[m]["ci95"] = {k: None if get[k](g[m]) is None else _ci95(v) for k, v in figs.items()}
     return per_seed, _goals_over_seeds(per_seed, boot)
 
@@ -834,8 +834,8 @@ def _goals_over_seeds(per_seed: dict, boot: dict | None = None) -> dict:
                 # each draw: the mean over the seeds whose figure has a value (as the mean above)
                 reps = np.array([boot[s][m][key] for s, g in per_seed.items() if m in g and get(g[m]) is not None])
                 with np.errstate(invalid="ignore"):
-                    mean = (np.nansum(reps, axis=0) / (~np.isnan(reps)).sum(0)) if len(reps) else None
-                r[key]["ci95"] = None if mean is None else _ci95(mean)
+                    per_draw = (np.nansum(reps, axis=0) / (~np.isnan(reps)).sum(0)) if len(reps) else None
+                r[key]["ci95"] = None if per_draw is None else _ci95(per_draw)
         r["met"] = {
             "within_1pt_of_full_at_2x": _met(r["drop_vs_full"], lambda v: v <= 1.0),
             "3pt_above_early_exit": _met(r["above_early_exit"], lambda v: v >= 3.0),
