@@ -18,7 +18,8 @@ from cascade_rt.demo import (UNLABELED_BELOW, aggregate, default_singles, goals,
 def test_demo_runs_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2", "--small-layers", "1",
            "--folds", "2", "--targets", "2", "--seeds", "0", "1", "--quiet", "--out", str(tmp_path / "out"),
-           "--cache", str(tmp_path / "cache"), "--epochs", "0.5", "--small-epochs", "0.5"]
+           "--cache", str(tmp_path / "cache"), "--epochs", "0.5", "--small-epochs", "0.5",
+           "--min-steps", "20"]  # a few steps: the path, not the accuracy, is under test
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     points = json.loads((tmp_path / "out" / "sweep.json").read_text())
