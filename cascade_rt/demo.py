@@ -275,7 +275,7 @@ def run(args) -> int:
             continue
         (out / f"sweep_seed{seed}.json").write_text(json.dumps(pts, indent=2) + "\n")
         print(_table(pts))
-        print(_goals_text(summarize_goals(pts, [seed])[0][seed]))
+        print(_goals_text(summarize_goals(pts, [seed])[1]))
         points += pts
         reliab = reliab or rel
     if args.train_only:
@@ -850,12 +850,7 @@ def _met(stat, ok):
 
 
 def _goals_text(g: dict, over_seeds: bool = False) -> str:
-    if "full_accuracy" in g:  # one seed
-        ci = {m: g[m].get("ci95", {}) for m in CASCADES if m in g}
-        g = _goals_over_seeds({0: g})
-        for m, r in g.items():
-            for k, v in ci[m].items():
-                r[k]["ci95"] = v
+    """The goals over seeds (:func:`summarize_goals`' second result; one seed's too) as text."""
     n = max((st["seeds"] for r in g.values() for st in r.values() if "seeds" in st), default=0)
     lines = ["goals" + (" (mean +- std over seeds)" if over_seeds else "") + ":"]
     names = {"cascade": "cascade (DAO)", "cascade_no_dao": "cascade (no DAO)"}
