@@ -301,7 +301,8 @@ def run(args) -> int:
                        "order": "turning by one each round",
                        "grouping": "every point of every method (cascades and early exit per target, the "
                                    "single models) is timed together: each round runs the final tier once "
-                                   "and every point once",
+                                   "and every point once (points of one method with the same thresholds "
+                                   "once between them, and they share its figures)",
                        "speedup_measured": "median over rounds of final-tier seconds / method seconds; "
                                            "speedup_measured_min/max/all: the spread"}}
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
@@ -576,9 +577,15 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         per point with ``method``, ``model``, ``setup`` (called before each of its passes: sets
         the shared model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``,
         ``dis_conf``. Returns (point, test exit stages) per case, in order."""
-        timed = timed_speedups({i: (c["model"], c["setup"]) for i, c in enumerate(cases)}, full_model,
-                               enc_te, args.batch, runs=args.timing_runs,
+        # points that run the same model with the same thresholds (a target the search met
+        # with the thresholds of another) are one timed case: the same work, timed once
+        first: dict = {}
+        for i, c in enumerate(cases):
+            first.setdefault((id(c["model"]), tuple(c["ths"])), i)
+        timed = timed_speedups({i: (cases[i]["model"], cases[i]["setup"]) for i in sorted(set(first.values()))},
+                               full_model, enc_te, args.batch, runs=args.timing_runs,
                                warmup_rows=args.warmup_rows or None)
+        timed = [timed[first[(id(c["model"]), tuple(c["ths"]))]] for c in cases]
         pts = []
         for i, c in enumerate(cases):
             method = c["method"]

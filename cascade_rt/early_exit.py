@@ -104,11 +104,11 @@ class EarlyExitBert(nn.Module):
             rows[i] = row_index.shape[0]
             toks[i] = cu[-1]
             if i == L - 1:  # the last layer for the first tokens only (nothing else is read)
-                cls_h = bb.run_layer(i, x, cu, batch.max_seqlen, first_tokens=True)
+                cls_h = bb.run_layers(i, i + 1, x, cu, batch.max_seqlen, first_tokens=True)
                 logits, conf, mask = bb.exit_head(cls_h, 0.0)
                 ops.scatter_exits(torch.ones_like(mask), row_index, logits, conf, i, out_l, out_c, out_t)
                 break
-            x = bb.run_layer(i, x, cu, batch.max_seqlen)
+            x = bb.run_layers(i, i + 1, x, cu, batch.max_seqlen)
             cls_h = Tier.first_tokens(x, cu)
             h = self.heads[i]
             logits, conf, mask = ops.exit_head(cls_h, h.pooler.weight, h.pooler.bias,
@@ -136,7 +136,7 @@ def layer_cls_features(backbone: Tier, data, batch_size: int = 128) -> torch.Ten
                             limits=[backbone.config], device=backbone.device)
         x = backbone.embed(pb.input_ids, pb.token_type_ids, pb.cu_seqlens)
         for i in range(L):
-            x = backbone.run_layer(i, x, pb.cu_seqlens, pb.max_seqlen)
+            x = backbone.run_layers(i, i + 1, x, pb.cu_seqlens, pb.max_seqlen)
             feats[torch.tensor(idx), i] = Tier.first_tokens(x, pb.cu_seqlens).float()
     return feats
 

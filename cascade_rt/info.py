@@ -14,16 +14,39 @@ def _version(mod: str) -> str:
         return f"not available ({type(exc).__name__}: {exc})"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo`` ({} where there is none)."""
+    fields: dict = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_name(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), with its family and model numbers where the
+    kernel reports them, else what :mod:`platform` knows.
+
+    Cloud machines often report a bare name ("AMD EPYC", "Intel(R) Xeon(R) Processor") for
+    several generations with different vector units; the numbers tell them apart (AMD family
+    25 is Zen 3 / Zen 4, 26 is Zen 5; Intel family 6 model 143 is Sapphire Rapids), so a
+    figure recorded with this name says which machine it came from."""
+    info = _cpuinfo(path)
+    name = info.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    if info.get("cpu family") and info.get("model"):
+        return f"{name} (family {info['cpu family']}, model {info['model']})"
+    return name
 
 
 def source_commit() -> str | None:
@@ -60,7 +83,7 @@ def collect() -> dict:
         "triton": _version("triton"),
         "transformers": _version("transformers"),
         "cuda_available": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name(),
         "CASCADE_RT_BACKEND": os.environ.get("CASCADE_RT_BACKEND"),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
         "backends": {},

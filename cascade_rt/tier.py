@@ -24,7 +24,7 @@ from .dense import pack as pack_weight
 from .dense import packing, panel_enabled, panel_pack
 from .inputs import PackedBatch, prepare_inputs
 from .models.base import positions_from_zero
-from .reference import token_row_ids_ref
+from .reference import ENCODER_WEIGHTS_PER_LAYER, token_row_ids_ref
 
 __all__ = ["Tier"]
 
@@ -391,8 +391,26 @@ class Tier(nn.Module):
             return self.first_tokens(x, cu_seqlens)
         return x
 
+    def run_layers(self, start: int, stop: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
+                   first_tokens: bool = False) -> torch.Tensor:
+        """Encoder layers ``start`` to ``stop - 1`` on packed hidden states (exact shapes):
+        in one :func:`cascade_rt.ops.encoder_layers` call where a backend runs it (the native
+        CPU kernel on the tier's packed weights, as :meth:`encode` runs every layer), else
+        :meth:`run_layer` per layer. What a model that reads the hidden states between layers
+        (early exit) runs, so it gets the same kernels as a whole tier. ``first_tokens``: the
+        last of them for each row's first token only, ``(B, hidden)``, as in :meth:`run_layer`."""
+        L = self.config.num_hidden_layers
+        if not 0 <= start < stop <= L:
+            raise ValueError(f"run_layers: need 0 <= start < stop <= {L}, got {start}, {stop}")
+        y = self._encode_fused(x, cu_seqlens, max_seqlen, first_tokens, layers=(start, stop))
+        if y is not None:
+            return y
+        for i in range(start, stop):
+            x = self.run_layer(i, x, cu_seqlens, max_seqlen, first_tokens=first_tokens and i == stop - 1)
+        return x
+
     def _encode_fused(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                      first_tokens: bool = False) -> torch.Tensor | None:
+                      first_tokens: bool = False, layers: tuple[int, int] | None = None) -> torch.Tensor | None:
         """Every layer in one :func:`cascade_rt.ops.encoder_layers` call (exact shapes), or
         ``None`` where no backend runs that op on these inputs (CUDA, a forced Triton backend,
         tracing): the caller then runs :meth:`run_layer` per layer. With the native CPU kernel
@@ -414,6 +432,9 @@ class Tier(nn.Module):
             return None
         weights = (self.encoder_weights(packing("cpu", x.dtype), signature=sig) if name == "native"
                    else plain)
+        if layers is not None:
+            n = ENCODER_WEIGHTS_PER_LAYER
+            weights = weights[n * layers[0]: n * layers[1]]
         return fn(x, cu_seqlens, int(max_seqlen), weights, *args, first_tokens)
 
     def _cpu_plan(self) -> "_CpuPlan | None":

@@ -275,6 +275,40 @@ def test_tier_first_tokens_on_every_path(monkeypatch, layout):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 
+def test_run_layers_is_a_slice_of_the_fused_encoder(monkeypatch, layout):
+    """run_layers(start, stop) runs that slice of the layers in one fused call (the early-exit
+    baseline's path) and equals run_layer per layer, with first_tokens on its last layer; under
+    a forced reference backend, and with a bad range, it says so or falls back."""
+    from cascade_rt import native_backend as N
+    from cascade_rt.inputs import prepare_inputs
+
+    tier = _tier(4, 40, 5, 8)
+    ids, mask, types = _padded([1, 7, 60, 2, 33, 49], seed=3, width=64)
+    b = prepare_inputs(ids, mask, types, None, None, limits=[tier.config], device=tier.device)
+    calls = []
+    real = torch.ops.cascade_rt.encoder_layers
+    monkeypatch.setitem(N.OPS, "encoder_layers", lambda *a: calls.append(a) or real(*a))
+    with torch.no_grad():
+        x0 = tier.embed(b.input_ids, b.token_type_ids, b.cu_seqlens)
+        per_layer = [x0]
+        for i in range(4):
+            per_layer.append(tier.run_layer(i, per_layer[-1], b.cu_seqlens, b.max_seqlen))
+        for start, stop in [(0, 1), (1, 3), (3, 4), (0, 4)]:
+            calls.clear()
+            got = tier.run_layers(start, stop, per_layer[start], b.cu_seqlens, b.max_seqlen)
+            assert len(calls) == 1 and len(calls[0][3]) == 12 * (stop - start)
+            torch.testing.assert_close(got, per_layer[stop], atol=2e-5, rtol=0)
+            cls = tier.run_layers(start, stop, per_layer[start], b.cu_seqlens, b.max_seqlen, first_tokens=True)
+            assert cls.shape == (6, 40)
+            torch.testing.assert_close(cls, tier.first_tokens(per_layer[stop], b.cu_seqlens), atol=2e-5, rtol=0)
+        with backends.use_backend("reference"):
+            got = tier.run_layers(1, 3, per_layer[1], b.cu_seqlens, b.max_seqlen)
+        torch.testing.assert_close(got, per_layer[3], atol=2e-5, rtol=0)
+        for bad in [(2, 2), (-1, 2), (3, 5)]:
+            with pytest.raises(ValueError, match="run_layers: need 0 <= start < stop <= 4"):
+                tier.run_layers(*bad, x0, b.cu_seqlens, b.max_seqlen)
+
+
 def test_packed_weights_follow_every_kind_of_update(layout):
     tier = _tier(2, 40, 5, 9)
     ids, mask, types = _padded([5, 17, 3], seed=4)

@@ -17,7 +17,7 @@ from cascade_rt.demo import (UNLABELED_BELOW, aggregate, default_singles, goals,
 
 def test_demo_runs_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2", "--small-layers", "1",
-           "--folds", "2", "--targets", "2", "--seeds", "0", "1", "--quiet", "--out", str(tmp_path / "out"),
+           "--folds", "2", "--targets", "2", "40", "50", "--seeds", "0", "1", "--quiet", "--out", str(tmp_path / "out"),
            "--cache", str(tmp_path / "cache"), "--epochs", "0.5", "--small-epochs", "0.5",
            "--min-steps", "20"]  # a few steps: the path, not the accuracy, is under test
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end(tmp_path):
         # default singles for a 2-layer final tier and a 2x target: the 1-layer model, which
         # is the no-DAO small tier (same recipe), reused rather than trained again
         assert [p["layers"] for p in mine if p["method"] == "single"] == [1]
-        assert len(mine) == 5
+        assert len(mine) == 11
     for p in points:
         assert keys <= set(p)
         assert 0 <= p["accuracy"] <= 1 and p["speedup_measured"] > 0
@@ -42,6 +42,16 @@ def test_demo_runs_end_to_end(tmp_path):
             assert p["speedup_measured_min"] <= p["speedup_measured"] <= p["speedup_measured_max"]
         # each point's per-row correctness on test, in test order: its accuracy, row by row
         assert unpack_correct(p["correct"], 32).mean() == pytest.approx(p["accuracy"], abs=0)
+    # points of one method and seed with the same thresholds are one timed case: same figures
+    # (no 2-layer model is 40x faster than itself: both unreachable targets get the fastest
+    # thresholds, the same for 40x and 50x)
+    by_config: dict = {}
+    for p in points:
+        if p["method"] != "full":
+            by_config.setdefault((p["method"], p["seed"], tuple(p["thresholds"]), p.get("layers")), []).append(p)
+    assert any(len(same) > 1 for same in by_config.values())
+    for same in by_config.values():
+        assert all(q["speedup_measured_all"] == same[0]["speedup_measured_all"] for q in same)
     summary = json.loads((tmp_path / "out" / "aggregate.json").read_text())
     assert {r["method"] for r in summary["aggregate"]} == {p["method"] for p in points}
     for m in ("cascade", "cascade_no_dao"):  # a 95% bootstrap interval beside each accuracy figure
