@@ -193,6 +193,10 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
         cost = base_cost + np.where(go, k_here, k_cont).sum(1)
         return n_correct, cost
 
+    # thresholds from which a whole round of two-stage moves found nothing: from there it
+    # never does (the search is deterministic), so a later start that reaches them skips it
+    pair_stable: set = set()
+
     def local_search(ts):
         """Single-stage moves (all candidates of a stage at once) until they stall, then
         moves of two stages at once; repeat while anything improves."""
@@ -213,6 +217,9 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
                         ts[s] = cands[s][i]
                         changed |= consider(ts)
             # trading one stage's exits for another's keeps the speed-up while the accuracy changes
+            here = tuple(best[1])
+            if here in pair_stable:
+                break
             pair_changed = False
             for s1, s2 in itertools.combinations(range(S - 1), 2):
                 for t1 in cands[s1]:
@@ -225,6 +232,7 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
                         ts[s2] = cands[s2][i]
                         pair_changed |= consider(ts)
             if not pair_changed:
+                pair_stable.add(here)
                 break
         found, best = best, start
         if best is None or found[0] > best[0]:
