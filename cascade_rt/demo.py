@@ -579,13 +579,14 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         ``dis_conf``. Returns (point, test exit stages) per case, in order."""
         # points that run the same model with the same thresholds (a target the search met
         # with the thresholds of another) are one timed case: the same work, timed once
+        keys = [(id(c["model"]), tuple(c["ths"])) for c in cases]
         first: dict = {}
-        for i, c in enumerate(cases):
-            first.setdefault((id(c["model"]), tuple(c["ths"])), i)
-        timed = timed_speedups({i: (cases[i]["model"], cases[i]["setup"]) for i in sorted(set(first.values()))},
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        timed = timed_speedups({i: (cases[i]["model"], cases[i]["setup"]) for i in first.values()},
                                full_model, enc_te, args.batch, runs=args.timing_runs,
                                warmup_rows=args.warmup_rows or None)
-        timed = [timed[first[(id(c["model"]), tuple(c["ths"]))]] for c in cases]
+        timed = [timed[first[k]] for k in keys]
         pts = []
         for i, c in enumerate(cases):
             method = c["method"]

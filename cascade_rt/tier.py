@@ -379,17 +379,12 @@ class Tier(nn.Module):
                 if y is not None:
                     return y
         x = self.embed(input_ids, token_type_ids, cu_seqlens, sync_free=sync_free)
-        if not sync_free:
-            y = self._encode_fused(x, cu_seqlens, max_seqlen, first_tokens)
-            if y is not None:
-                return y
         L = self.config.num_hidden_layers
+        if not sync_free and L:
+            return self.run_layers(0, L, x, cu_seqlens, max_seqlen, first_tokens=first_tokens)
         for i in range(L):
-            last = first_tokens and not sync_free and i == L - 1
-            x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free, first_tokens=last)
-        if first_tokens and (sync_free or L == 0):
-            return self.first_tokens(x, cu_seqlens)
-        return x
+            x = self.run_layer(i, x, cu_seqlens, max_seqlen, sync_free=sync_free)
+        return self.first_tokens(x, cu_seqlens) if first_tokens else x
 
     def run_layers(self, start: int, stop: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
                    first_tokens: bool = False) -> torch.Tensor:
