@@ -397,16 +397,16 @@ class Tier(nn.Module):
         L = self.config.num_hidden_layers
         if not 0 <= start < stop <= L:
             raise ValueError(f"run_layers: need 0 <= start < stop <= {L}, got {start}, {stop}")
-        y = self._encode_fused(x, cu_seqlens, max_seqlen, first_tokens, layers=(start, stop))
+        y = self._encode_fused(start, stop, x, cu_seqlens, max_seqlen, first_tokens)
         if y is not None:
             return y
         for i in range(start, stop):
             x = self.run_layer(i, x, cu_seqlens, max_seqlen, first_tokens=first_tokens and i == stop - 1)
         return x
 
-    def _encode_fused(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                      first_tokens: bool = False, layers: tuple[int, int] | None = None) -> torch.Tensor | None:
-        """Every layer in one :func:`cascade_rt.ops.encoder_layers` call (exact shapes), or
+    def _encode_fused(self, start: int, stop: int, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                      first_tokens: bool = False) -> torch.Tensor | None:
+        """Layers ``start`` to ``stop - 1`` in one :func:`cascade_rt.ops.encoder_layers` call (exact shapes), or
         ``None`` where no backend runs that op on these inputs (CUDA, a forced Triton backend,
         tracing): the caller then runs :meth:`run_layer` per layer. With the native CPU kernel
         the dense weights are packed once (:meth:`encoder_weights`), in the layout
@@ -427,10 +427,8 @@ class Tier(nn.Module):
             return None
         weights = (self.encoder_weights(packing("cpu", x.dtype), signature=sig) if name == "native"
                    else plain)
-        if layers is not None:
-            n = ENCODER_WEIGHTS_PER_LAYER
-            weights = weights[n * layers[0]: n * layers[1]]
-        return fn(x, cu_seqlens, int(max_seqlen), weights, *args, first_tokens)
+        n = ENCODER_WEIGHTS_PER_LAYER
+        return fn(x, cu_seqlens, int(max_seqlen), weights[n * start: n * stop], *args, first_tokens)
 
     def _cpu_plan(self) -> "_CpuPlan | None":
         """The CPU exact path with its choices made once (see :class:`_CpuPlan`), or ``None``
