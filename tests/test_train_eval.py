@@ -89,7 +89,11 @@ def test_simulate_and_search():
     # rows 0 and 2 at stage 0 (threshold 0.8) is 16/12 = 1.33x and 100% accurate
     ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, target_speedup=1.3)
     assert acc == 1.0 and sp == pytest.approx(16 / 12) and 0.6 < ths[0] <= 0.8
+    # at 1.5x the best is 75%, reached at 2x (rows 0 and 3 leave at stage 0) and at 4x: the
+    # default takes the slower of equally accurate points, equal_within=0 the faster
     ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, target_speedup=1.5)
+    assert acc == 0.75 and sp == pytest.approx(2.0)
+    ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, target_speedup=1.5, equal_within=0)
     assert acc == 0.75 and sp == pytest.approx(4.0)
     ths, acc, sp = search_thresholds([p0, p1], labels, cum, 16.0, max_drop=0.0, full_accuracy=1.0)
     assert acc == 1.0 and sp == pytest.approx(16 / 12)
@@ -114,7 +118,7 @@ def test_search_many_stages_beats_shared_threshold():
         probs.append(torch.stack([1 - p1, p1], -1))
     cum = row_costs([[1.0] * N] * S)
     full = float(S * N)
-    kw = dict(target_speedup=1.6, grid=12)
+    kw = dict(target_speedup=1.6, grid=12, equal_within=0)
     exact = search_thresholds(probs, labels, cum, full, **kw)
     greedy = search_thresholds(probs, labels, cum, full, max_combos=1, **kw)
     shared = []
@@ -437,8 +441,8 @@ def test_search_many_stages_not_degenerate(target):
     started only from the best shared threshold returned that degenerate point (82.5% at 6x
     for every target here) while the exhaustive optimum is 90-96% at 2.5-3x."""
     probs, labels, cum, full = _overconfident_early_stages()
-    exact = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5)
-    local = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5, max_combos=1)
+    exact = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5, equal_within=0)
+    local = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5, max_combos=1, equal_within=0)
     stage, pred, _ = simulate_exits(probs, local[0])
     assert local[2] >= target and exact[2] >= target
     assert local[1] == pytest.approx(float((pred == labels).mean()))
@@ -494,3 +498,74 @@ def test_finetune_feature_distillation(tiny, tmp_path):
         finetune(init, data, None, fd, quiet=True, save=False, teacher_features=target[:, :5])
     with pytest.raises(ValueError, match="feature_distill must be"):
         finetune(init, data, None, TrainConfig(feature_distill=-1.0), quiet=True, save=False)
+
+
+def _two_stage_front(p0, p1, labels, cum, full, grid):
+    """Every candidate of a two-stage search by brute force: (threshold, accuracy, speed-up)."""
+    conf = p0.amax(-1).numpy()
+    cands = np.concatenate([np.unique(np.quantile(conf, np.linspace(0, 1, grid))), [1.0 + 1e-6]])
+    out = []
+    for t in cands:
+        stage, pred, _ = simulate_exits([p0, p1], [float(t)])
+        out.append((t, float((pred == labels).mean()), full / cum[stage, np.arange(len(labels))].sum()))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("target", [1.3, 2.0, 2.6])
+def test_search_equal_within_two_stages(seed, target):
+    """Two stages (every candidate tried): the default answer is the slowest point that meets
+    the target within one standard error of the most accurate one; a fixed tolerance works
+    the same way; equal_within=0 is the most accurate, the fastest of equals."""
+    g = torch.Generator().manual_seed(seed)
+    N = 151
+    labels = torch.randint(2, (N,), generator=g).numpy()
+    right0 = torch.rand(N, generator=g) < 0.8
+    conf0 = 0.5 + 0.5 * torch.rand(N, generator=g) ** (0.5 + right0.float())
+    p0_1 = torch.where(torch.tensor(labels == 1) == right0, conf0, 1 - conf0)
+    p0 = torch.stack([1 - p0_1, p0_1], -1)
+    right1 = torch.rand(N, generator=g) < 0.9
+    p1_1 = torch.where(torch.tensor(labels == 1) == right1, torch.tensor(0.9), torch.tensor(0.1))
+    p1 = torch.stack([1 - p1_1, p1_1], -1)
+    cost = torch.randint(5, 40, (N,), generator=g).double().numpy()
+    cum = row_costs([cost, 3 * cost])
+    full = float(3 * cost.sum())
+    front = [f for f in _two_stage_front(p0, p1, labels, cum, full, 25) if f[2] >= target]
+    assert front, "every target here is reachable"
+    best_acc = max(a for _, a, _ in front)
+    for tol, equal_within in ((np.sqrt(best_acc * (1 - best_acc) / N), "se"), (0.03, 0.03)):
+        ths, acc, sp = search_thresholds([p0, p1], labels, cum, full, target_speedup=target, grid=25,
+                                         equal_within=equal_within)
+        near = [f for f in front if f[1] >= best_acc - tol - 1e-12]
+        want = min(near, key=lambda f: (f[2], -f[1]))
+        assert (acc, sp) == pytest.approx((want[1], want[2]))
+        stage, pred, _ = simulate_exits([p0, p1], ths)
+        assert acc == pytest.approx(float((pred == labels).mean()))
+    ths, acc, sp = search_thresholds([p0, p1], labels, cum, full, target_speedup=target, grid=25, equal_within=0)
+    want = max(front, key=lambda f: (f[1], f[2]))
+    assert (acc, sp) == pytest.approx((want[1], want[2]))
+
+
+@pytest.mark.parametrize("target", [1.6, 2.2, 3.0])
+def test_search_equal_within_many_stages(target):
+    """With too many combinations to try them all, the second phase starts from the most
+    accurate point found and moves towards the target: it still meets the target, stays
+    within a standard error of that accuracy and is no faster; the answer is what the
+    thresholds do."""
+    probs, labels, cum, full = _overconfident_early_stages()
+    N = len(labels)
+    top = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5, max_combos=1, equal_within=0)
+    ths, acc, sp = search_thresholds(probs, labels, cum, full, target_speedup=target, grid=5, max_combos=1)
+    assert sp >= target and sp <= top[2] + 1e-12
+    assert acc >= top[1] - np.sqrt(top[1] * (1 - top[1]) / N) - 1e-12
+    stage, pred, _ = simulate_exits(probs, ths)
+    assert acc == pytest.approx(float((pred == labels).mean()))
+    assert sp == pytest.approx(full / cum[stage, np.arange(N)].sum())
+
+
+def test_search_equal_within_rejects_bad_values():
+    p = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    cum = row_costs([[1, 1], [2, 2]])
+    for bad in (-0.1, "sd", None):
+        with pytest.raises(ValueError, match="equal_within"):
+            search_thresholds([p, p], np.array([0, 1]), cum, 4.0, target_speedup=1.5, equal_within=bad)

@@ -96,11 +96,19 @@ def row_costs(costs_per_stage: Sequence[Sequence[float]]) -> np.ndarray:
 
 def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
                       target_speedup: float | None = None, max_drop: float | None = None,
-                      full_accuracy: float | None = None, grid: int = 60, max_combos: int = 200_000):
+                      full_accuracy: float | None = None, grid: int = 60, max_combos: int = 200_000,
+                      equal_within: float | str = "se"):
     """Choose one threshold per non-final stage on a dev set.
 
     With ``target_speedup``: the most accurate thresholds whose analytic speed-up is at least
-    the target (if none reaches it, the fastest); among equally accurate ones, the fastest.
+    the target (if none reaches it, the fastest). Accuracies within ``equal_within`` of the
+    best count as equal, and of those the slowest point is taken: the one nearest the target,
+    which sends the most rows on to the later, more accurate stages. ``"se"`` (default) is one
+    standard error of the best accuracy on the search set, sqrt(a (1 - a) / N): a gain the
+    search set cannot resolve does not buy a faster, riskier point (``bench/threshold_rule.py``
+    compares the rules on held-out halves of the shipped sets' dev splits). With
+    ``equal_within=0`` the most accurate point wins outright and equally accurate ones go to
+    the fastest.
     With ``max_drop``: the fastest thresholds whose accuracy is at least
     ``full_accuracy - max_drop``. ``cum_cost``: (S, N) from :func:`row_costs`; ``full_cost``:
     the last stage alone on all rows.
@@ -113,12 +121,15 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
     stage exits", so they trace the accuracy / cost front from the accurate end instead of
     from the fast, degenerate end where every row leaves at the first stage). From each
     start, one or two stages' thresholds change at a time while that improves the result.
-    The answer is never worse on the search set than a shared threshold, nor than any of
-    those front points that meets the target.
+    The most accurate point found is never worse on the search set than a shared threshold,
+    nor than any of those front points that meets the target; the second phase (the slowest
+    point within ``equal_within`` of it) runs the same local search from it.
     Returns (thresholds, accuracy, analytic speed-up) on the search set.
     """
     if (target_speedup is None) == (max_drop is None):
         raise ValueError("give exactly one of target_speedup or max_drop")
+    if not (equal_within == "se" or (isinstance(equal_within, (int, float)) and equal_within >= 0)):
+        raise ValueError(f"equal_within must be 'se' or a number >= 0, got {equal_within!r}")
     if max_drop is not None and full_accuracy is None:
         raise ValueError("max_drop needs full_accuracy")
     labels = np.asarray(labels)
@@ -144,9 +155,15 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
             open_ &= ~go
         return stage
 
+    # second phase of a target search: the slowest point that meets the target and an accuracy floor
+    floor = None
+
     def key_of(acc, sp):
         if target_speedup is not None:
             ok = sp >= target_speedup
+            if floor is not None:
+                ok = ok and acc >= floor
+                return (ok, -sp, acc) if ok else (ok, acc, sp)
             return (ok, acc, sp) if ok else (ok, sp, acc)
         ok = acc >= full_accuracy - max_drop - 1e-12
         return (ok, sp, acc) if ok else (ok, acc, sp)
@@ -169,11 +186,30 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
 
     import itertools
 
+    def relax_floor():
+        """The accuracy floor of the second phase, or None where there is none to run."""
+        if target_speedup is None or not best[0][0] or equal_within == 0:
+            return None
+        a = best[2]
+        tol = np.sqrt(a * (1.0 - a) / N) if equal_within == "se" else float(equal_within)
+        return a - tol - 1e-12 if tol > 0 else None
+
+    def result():
+        return [min(float(t), 1.0) for t in best[1]], best[2], best[3]
+
     if np.prod([float(len(c)) for c in cands]) <= max_combos:
-        for ts in itertools.product(*cands):
-            consider(ts)
-        ths = [min(float(t), 1.0) for t in best[1]]
-        return ths, best[2], best[3]
+        scored = [(list(ts), *score(ts)) for ts in itertools.product(*cands)]
+        for ts, key, acc, sp in scored:
+            if best is None or key > best[0]:
+                best = (key, ts, acc, sp)
+        floor = relax_floor()
+        if floor is not None:
+            best = None
+            for ts, _, acc, sp in scored:
+                key = key_of(acc, sp)
+                if best is None or key > best[0]:
+                    best = (key, ts, acc, sp)
+        return result()
 
     def sweep(ts, s):
         """Every candidate of stage ``s`` with the other stages fixed, at once: (correct
@@ -268,8 +304,14 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
     best = None
     for ts in starts:
         local_search(ts)
-    ths = [min(float(t), 1.0) for t in best[1]]
-    return ths, best[2], best[3]
+    floor = relax_floor()
+    if floor is not None:
+        # from the most accurate point (which meets the floor), move towards the target
+        ts0 = best[1]
+        best = None
+        pair_stable.clear()
+        local_search(ts0)
+    return result()
 
 
 def tier_row_costs(configs, lengths) -> np.ndarray:
