@@ -13,7 +13,8 @@ fast (training runs under bf16 autocast where the CPU has native bf16, see ``--b
 4. DeeBERT-style exit heads after each layer of the fine-tuned 6-layer backbone;
    single-model baselines (``--singles``: k-layer models trained alone, the small tiers' recipe);
 5. per target speed-up, thresholds chosen on dev (one per non-final tier for the cascade, one
-   per exit layer for early exit, by the same search); accuracy, ECE, DIS, analytic and
+   per exit layer for early exit, by the same search: of the points that meet the target and
+   lie within one standard error of the best dev accuracy, the slowest); accuracy, ECE, DIS, analytic and
    measured speed-up (wall clock; every point of every method timed together, interleaved
    with the 6-layer tier alone) on test.
 Every step runs once per training seed (``--seeds``; the split stays fixed). Writes
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from . import CascadeBert, flops, make_classifier_checkpoint
+from .evaluate import EQUAL_WITHIN_HELP, parse_equal_within
 from .paths import cache_dir, shipped_minilm_dir
 
 
@@ -114,6 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layers of the small tier(s) cut from the shipped MiniLM (smallest first)")
     p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.2, 2.5, 3.0],
                    help="analytic speed-ups to choose thresholds for")
+    p.add_argument("--equal-within", type=parse_equal_within, default="se", help=EQUAL_WITHIN_HELP)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the final tier")
     p.add_argument("--small-lr", type=float, default=3e-4,
@@ -291,7 +294,7 @@ def run(args) -> int:
             "unlabeled": unlabeled, "unlabeled_rows": len(pool) if pool is not None else 0,
             "train_workers": args.train_workers,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
-            "seeds": seeds, "split_seed": args.split_seed, "threads": torch.get_num_threads(),
+            "seeds": seeds, "split_seed": args.split_seed, "equal_within": args.equal_within, "threads": torch.get_num_threads(),
             "train_rows": len(tr), "dev_rows": len(dv), "test_rows": len(te),
             "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
             "commit": source_commit(), "loadavg_at_start": load_at_start, "wall_seconds": None,
@@ -627,7 +630,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls)).eval()
         for target in args.targets:
             ths, _, _ = search_thresholds([probs[d][0] for d in dirs], labels_dv, cum_dv, full_dv,
-                                          target_speedup=target)
+                                          target_speedup=target, equal_within=args.equal_within)
             cases.append({"method": method, "model": model, "setup": lambda m=model, ths=ths: m.set_thresholds(ths),
                           "ths": ths, "target": target, "stage_cfgs": stage_cfgs,
                           "dis_conf": probs[dirs[0]][1].amax(-1).numpy(),
@@ -636,7 +639,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     cum_ee_dv = ee_costs(dv.lengths)
     for target in args.targets:
         # the same search as the cascade's: one threshold per exit layer, chosen on dev
-        ths, _, _ = search_thresholds(ee_probs["dev"], labels_dv, cum_ee_dv, full_dv, target_speedup=target)
+        ths, _, _ = search_thresholds(ee_probs["dev"], labels_dv, cum_ee_dv, full_dv, target_speedup=target,
+                                      equal_within=args.equal_within)
         cases.append({"method": "early_exit", "model": early, "setup": lambda ths=ths: setattr(early, "threshold", ths),
                       "ths": ths, "target": target, "stage_cfgs": None,
                       "dis_conf": ee_probs["test"][0].amax(-1).numpy()})

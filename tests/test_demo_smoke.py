@@ -145,6 +145,8 @@ def test_goals_compare_at_measured_speedups():
     ("--warmup-rows", "-1", "--warmup-rows must be >= 0"), ("--small-init", "bert", "invalid choice"),
     ("--feature-distill", "-1", "--feature-distill must be 'auto' or a number >= 0, got -1"),
     ("--feature-distill", "some", "--feature-distill must be 'auto' or a number >= 0, got 'some'"),
+    ("--equal-within", "-0.01", "--equal-within: must be 'se' or a fraction >= 0, got '-0.01'"),
+    ("--equal-within", "sd", "--equal-within: must be 'se' or a fraction >= 0, got 'sd'"),
     ("--unlabeled", "/no/such/file.csv", "--unlabeled /no/such/file.csv: unlabeled text: '/no/such/file.csv' is "
                                           "neither 'shipped' nor a file")])
 def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):

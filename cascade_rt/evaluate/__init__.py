@@ -94,6 +94,27 @@ def row_costs(costs_per_stage: Sequence[Sequence[float]]) -> np.ndarray:
     return np.cumsum(np.asarray(costs_per_stage, dtype=np.float64), axis=0)
 
 
+EQUAL_WITHIN_HELP = ("dev accuracies within this of the best count as equal when choosing thresholds for a "
+                     "target speed-up, and the slowest of them (nearest the target) wins: 'se' (default) = one "
+                     "standard error of the best dev accuracy, or a fraction (0.005 = half a point); 0 = the most "
+                     "accurate point wins outright")
+
+
+def parse_equal_within(value: str) -> float | str:
+    """``--equal-within``: 'se' or a fraction >= 0."""
+    import argparse
+
+    if value == "se":
+        return value
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be 'se' or a fraction >= 0, got {value!r}")
+    return x
+
+
 def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
                       target_speedup: float | None = None, max_drop: float | None = None,
                       full_accuracy: float | None = None, grid: int = 60, max_combos: int = 200_000,

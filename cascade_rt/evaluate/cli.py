@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 
+from . import EQUAL_WITHIN_HELP, parse_equal_within
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("tiers", nargs="+", help="tier dirs, smallest first (or one saved cascade dir)")
@@ -19,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--target-speedup", type=float, default=None)
     g.add_argument("--max-drop", type=float, default=None, help="accuracy drop allowed, as a fraction (0.01 = 1 point)")
+    p.add_argument("--equal-within", type=parse_equal_within, default="se", help=EQUAL_WITHIN_HELP)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--timing-runs", type=int, default=3, help="timed passes of each (after one warm-up), interleaved in alternating order; the speed-up is their median")
     p.add_argument("--save", default=None, help="save the cascade with the chosen thresholds here")
@@ -52,7 +55,8 @@ def run(args) -> int:
         target = args.target_speedup if (args.target_speedup or args.max_drop is not None) else 2.0
         ths, acc, sp = search_thresholds(probs_dv, labels_dv, cum, full_cost,
                                          target_speedup=None if args.max_drop is not None else target,
-                                         max_drop=args.max_drop, full_accuracy=full_acc_dv)
+                                         max_drop=args.max_drop, full_accuracy=full_acc_dv,
+                                         equal_within=args.equal_within)
         model.set_thresholds(ths)
         print(f"dev: thresholds {[round(t, 4) for t in ths]} -> accuracy {acc:.4f} "
               f"(last tier {full_acc_dv:.4f}), analytic speed-up {sp:.2f}x")
