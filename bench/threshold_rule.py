@@ -15,7 +15,8 @@ its sweep, the most accurate held-out point at >= 2x over all targets.
 
 The models come from ``cascade-rt demo``'s cache (each run directory it prints as
 ``cached: <dir>``). Made the committed ``bench/results/threshold_rule.jsonl`` (after
-``cascade-rt demo --data <set> --seeds 0 1 2`` with the defaults)::
+``cascade-rt demo --data <set> --seeds 0 1 2`` with the defaults of 7db4ebe, when DAO's
+weight was 0.5)::
 
     C=~/.cache/cascade_rt/demo
     for s in movies amazon tweets nyt; do

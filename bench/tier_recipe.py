@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                         "predictions of the same recipe without DAO, cached in --difficulty-cache)")
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--margin", type=float, default=0.5)
-    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=None, help="DAO's ranking weight (default: cascade_rt.train.DAO_LAM)")
     p.add_argument("--pairs", choices=("sampled", "all"), default="sampled", help="DAO ranking pairs (see dao_loss)")
     p.add_argument("--difficulty-cache", default=None,
                    help="JSON file for the difficulty labels (reused when there); given without --dao, the "
@@ -88,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.paths import shipped_minilm_dir
     from cascade_rt.data import unlabeled_texts
-    from cascade_rt.train import (TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_features,
+    from cascade_rt.train import (DAO_LAM, TrainConfig, difficulty_labels, encode, finetune, predict_probs, teacher_features,
                                   teacher_logits)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     src = shipped_minilm_dir()
     tok = BertTokenizer(vocab=str(src / "vocab.txt"))
+    if args.lam is None:
+        args.lam = DAO_LAM
     splits_seed = args.seed if args.split_seed is None else args.split_seed
     splits = load_dataset(args.data, seed=splits_seed)
     tr, dv, te = (encode(tok, getattr(splits, s), 64) for s in ("train", "dev", "test"))

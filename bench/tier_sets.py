@@ -12,7 +12,7 @@ and 4-layer models, scored on the same half).
 
 Models come from ``cascade-rt demo``'s cache, as in ``bench/threshold_rule.py``. Made the
 committed ``bench/results/tier_sets.jsonl`` (after ``cascade-rt demo --data <set> --seeds
-0 1 2``)::
+0 1 2`` with the defaults of 7db4ebe, when DAO's weight was 0.5)::
 
     C=~/.cache/cascade_rt/demo
     for s in movies amazon tweets nyt; do

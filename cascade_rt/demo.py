@@ -40,6 +40,7 @@ import torch
 from . import CascadeBert, flops, make_classifier_checkpoint
 from .evaluate import EQUAL_WITHIN_HELP, parse_equal_within
 from .paths import cache_dir, shipped_minilm_dir
+from .train import DAO_LAM
 
 
 #: every tier trains this many epochs, chosen on dev (``bench/tier_recipe.py``,
@@ -156,7 +157,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=2,
                    help="folds for the difficulty labels (each fold model trains on the other folds)")
     p.add_argument("--margin", type=float, default=0.5)
-    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=DAO_LAM,
+                   help=f"weight of DAO's ranking term (default {DAO_LAM:g}; the paper's 0.5 costs the small tier "
+                        "accuracy with two labels: cascade_rt.train.DAO_LAM)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds: each trains and evaluates every model once; the split stays fixed "
                         "(--split-seed); the table and aggregate.json give mean and std over seeds")

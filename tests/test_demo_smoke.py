@@ -85,7 +85,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert torch.load(root / "teacher_features_large_l2_lr0.0001_ushipped.pt").shape == (64, 384)
         assert {d.name for d in root.glob("small_l1_*")} == {
             "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_ce",
-            "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_dao_k2_m0.5_lam0.5"}
+            "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_dao_k2_m0.5_lam0.1"}
         saved = json.loads((root / "small_l1_lr0.0003_e0.5_we_final_T2_ushipped_fd1_ce" / "cascade_rt_train.json")
                            .read_text())
         assert saved["feature_distill"] == 1.0
