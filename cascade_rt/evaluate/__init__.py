@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 __all__ = ["accuracy", "f1_binary", "ece", "dis", "simulate_exits", "row_costs", "search_thresholds",
+           "EQUAL_WITHIN_HELP", "parse_equal_within",
            "reliability_bins", "tier_row_costs", "run_batches", "timed_against", "timed_speedup", "timed_speedups"]
 
 

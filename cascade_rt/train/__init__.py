@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from .forward import classifier_logits, cls_only_supported
 
-__all__ = ["Encoded", "encode", "batches", "DAO_LAM", "dao_loss", "distill_loss", "batch_loss", "UNLABELED", "TrainConfig",
-           "train_steps", "teacher_logits", "teacher_features", "finetune", "predict_probs", "difficulty_labels",
-           "native_bf16"]
+__all__ = ["Encoded", "encode", "batches", "DAO_LAM", "dao_loss", "distill_loss", "batch_loss", "UNLABELED",
+           "TrainConfig", "train_steps", "teacher_logits", "teacher_features", "finetune", "predict_probs",
+           "difficulty_labels", "native_bf16"]
 
 
 @dataclass
