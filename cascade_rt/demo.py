@@ -545,12 +545,17 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     labels_dv, labels_te = np.array(dv.labels), np.array(te.labels)
     easy_te = np.array(diff["extra"]["test"]["easy"])
     tiers = {d: Tier.from_pretrained(d) for d in {*smalls_dao, *smalls_ce, *single_dirs.values(), large}}
-    probs = {d: (predict_probs(t, dv), predict_probs(t, te)) for d, t in tiers.items()}
+    # dev probabilities choose the thresholds; on test the sweep reads the cascades' earlier
+    # tiers alone (their DIS, the exits they make), the final tier's come from its own run below
+    # and a single model's confidence from its timed run
+    smalls = {*smalls_dao, *smalls_ce}
+    probs = {d: (predict_probs(t, dv), predict_probs(t, te) if d in smalls else None) for d, t in tiers.items()}
     cfgs = {d: tiers[d].config for d in tiers}
-    feats = {name: layer_cls_features(early.backbone, s) for name, s in (("dev", dv), ("test", te))}
+    feats_dv = layer_cls_features(early.backbone, dv)
     with torch.no_grad():
-        ee_probs = {name: [torch.softmax(h(f[:, i]), -1) for i, h in enumerate(early.heads)]
-                    + [probs[large][k]] for k, (name, f) in enumerate(feats.items())}
+        ee_probs_dv = [torch.softmax(h(feats_dv[:, i]), -1) for i, h in enumerate(early.heads)] + [probs[large][0]]
+        # early exit's DIS reads its first exit's confidence: one layer on test
+        ee_conf0_te = torch.softmax(early.heads[0](layer_cls_features(early.backbone, te, layers=1)[:, 0]), -1)
 
     def ee_costs(lengths):
         """(layers, rows): a row's cost when it exits after each layer (the last layer costs
@@ -563,6 +568,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     enc_te = collate(te, range(len(te)))
     full_model = CascadeBert([tiers[large]], []).eval()
     o_full = run_batches(full_model, enc_te, args.batch)
+    probs[large] = (probs[large][0], torch.softmax(o_full["logits"].float(), -1))
     full_acc_te = float((o_full["logits"].argmax(-1).numpy() == labels_te).mean())
     full_conf = o_full["confidence"].numpy()
     full_correct = o_full["logits"].argmax(-1).numpy() == labels_te
@@ -583,7 +589,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         the median of its per-round ratios and their spread), then scored. ``cases``: one dict
         per point with ``method``, ``model``, ``setup`` (called before each of its passes: sets
         the shared model's thresholds, or None), ``ths``, ``target``, ``stage_cfgs``,
-        ``dis_conf``. Returns (point, test exit stages) per case, in order."""
+        ``dis_conf`` (the confidences its DIS ranks; None: its own output's). Returns (point,
+        test exit stages) per case, in order."""
         # points that run the same model with the same thresholds (a target the search met
         # with the thresholds of another) are one timed case: the same work, timed once
         keys = [(id(c["model"]), tuple(c["ths"])) for c in cases]
@@ -611,7 +618,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
             pt = {
                 "method": method, "thresholds": [float(x) for x in c["ths"]],
                 "accuracy": float((pred == labels_te).mean()),
-                "ece": ece(conf, pred == labels_te), "dis": dis(c["dis_conf"], easy_te),
+                "ece": ece(conf, pred == labels_te),
+                "dis": dis(conf if c["dis_conf"] is None else c["dis_conf"], easy_te),
                 "speedup_analytic": sp_an, "speedup_measured": t["speedup"],
                 "speedup_measured_min": t["speedup_min"], "speedup_measured_max": t["speedup_max"],
                 "speedup_measured_all": t["speedup_all"], "rows_per_tier": o["rows"].tolist(),
@@ -643,15 +651,15 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     cum_ee_dv = ee_costs(dv.lengths)
     for target in args.targets:
         # the same search as the cascade's: one threshold per exit layer, chosen on dev
-        ths, _, _ = search_thresholds(ee_probs["dev"], labels_dv, cum_ee_dv, full_dv, target_speedup=target,
+        ths, _, _ = search_thresholds(ee_probs_dv, labels_dv, cum_ee_dv, full_dv, target_speedup=target,
                                       equal_within=args.equal_within)
         cases.append({"method": "early_exit", "model": early, "setup": lambda ths=ths: setattr(early, "threshold", ths),
                       "ths": ths, "target": target, "stage_cfgs": None,
-                      "dis_conf": ee_probs["test"][0].amax(-1).numpy()})
+                      "dis_conf": ee_conf0_te.amax(-1).numpy()})
 
     # each k-layer model alone: a one-tier cascade, timed like every other point
     cases += [{"method": "single", "model": CascadeBert([tiers[d]], []).eval(), "setup": None, "ths": [],
-               "target": None, "stage_cfgs": [cfgs[d], cfgs[large]], "dis_conf": probs[d][1].amax(-1).numpy(),
+               "target": None, "stage_cfgs": [cfgs[d], cfgs[large]], "dis_conf": None,  # its own confidence
                "layers": k} for k, d in single_dirs.items()]
     for c, (pt, exit_t) in zip(cases, measure(cases) if cases else []):
         if "simulated" in c:

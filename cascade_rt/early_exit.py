@@ -124,11 +124,16 @@ class EarlyExitBert(nn.Module):
 
 
 @torch.no_grad()
-def layer_cls_features(backbone: Tier, data, batch_size: int = 128) -> torch.Tensor:
-    """First-token hidden state after every layer: (N, num_layers, hidden) float32."""
+def layer_cls_features(backbone: Tier, data, batch_size: int = 128, layers: int | None = None) -> torch.Tensor:
+    """First-token hidden state after every layer: (N, num_layers, hidden) float32; with
+    ``layers``, after the first ``layers`` layers only (the rest are not run)."""
     from .train import batches, collate
 
     L, Hd = backbone.config.num_hidden_layers, backbone.config.hidden_size
+    if layers is not None:
+        if not 1 <= layers <= L:
+            raise ValueError(f"layers must be in 1..{L}, got {layers}")
+        L = layers
     feats = torch.zeros(len(data), L, Hd)
     for idx in batches(data.lengths, batch_size, None):
         b = collate(data, idx)

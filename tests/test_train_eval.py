@@ -569,3 +569,22 @@ def test_search_equal_within_rejects_bad_values():
     for bad in (-0.1, "sd", None):
         with pytest.raises(ValueError, match="equal_within"):
             search_thresholds([p, p], np.array([0, 1]), cum, 4.0, target_speedup=1.5, equal_within=bad)
+
+
+def test_layer_cls_features_leading_layers(tier_dirs, tokenizer, sentences):
+    """``layers=k`` runs the first k layers only, and gives what the full run gives there."""
+    from cascade_rt import Tier
+    from cascade_rt.early_exit import layer_cls_features
+    from cascade_rt.train import encode as enc_fn
+
+    backbone = Tier.from_pretrained(tier_dirs[2])
+    data = enc_fn(tokenizer, [Example(s, 0) for s in sentences], 64)
+    full = layer_cls_features(backbone, data)
+    L = backbone.config.num_hidden_layers
+    for k in (1, L):
+        part = layer_cls_features(backbone, data, layers=k)
+        assert part.shape == (len(sentences), k, full.shape[2])
+        torch.testing.assert_close(part, full[:, :k], rtol=0, atol=0)
+    for bad in (0, L + 1):
+        with pytest.raises(ValueError, match="layers must be in"):
+            layer_cls_features(backbone, data, layers=bad)
