@@ -1,19 +1,20 @@
 """Dev figures of small tiers the demo trained, as ``bench/tier_recipe.py`` reports them.
 
-For DAO settings tried through the demo itself (``cascade-rt demo --lam 0.1 --train-only``
+For DAO settings tried through the demo itself (e.g. ``cascade-rt demo --lam 0.5 --train-only``
 trains only the new DAO tier; every other model comes from the cache), this writes one
 JSON line per model in ``tier_recipe.py``'s format: the tier's dev accuracy, its dev DIS
 against the run's difficulty labels, and the two-tier cascade's in-sample dev accuracy at
 thresholds chosen on dev per target. ``bench/dao_margin.py`` then pairs each DAO tier with
 the no-DAO tier of its seed. Dev only: the test split is not read. Made the committed
-``bench/results/dao_lam_<set>.jsonl`` (after the demo's defaults and ``--lam 0.1``,
-``--seeds 0 1 2``)::
+``bench/results/dao_lam_<set>.jsonl`` (after ``cascade-rt demo --data <set> --seeds 0 1 2``
+with ``--lam 0.5``, the default until 221aeb3, and with the default weight 0.1)::
 
     C=~/.cache/cascade_rt/demo
-    for s in amazon tweets nyt; do
+    for s in movies amazon tweets nyt; do
+      if [ $s = movies ]; then tag=; else tag=_T2_ushipped_fd1; fi
       .venv/bin/python bench/dao_variants.py --data $s --runs $C/${s}_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \\
-        --no-dao small_l2_lr0.0003_e2_we_final_T2_ushipped_fd1_ce \\
-        --dao small_l2_lr0.0003_e2_we_final_T2_ushipped_fd1_dao_k2_m0.5_lam{0.5,0.1} \\
+        --no-dao small_l2_lr0.0003_e2_we_final${tag}_ce \\
+        --dao small_l2_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam{0.5,0.1} \\
         --log bench/results/dao_lam_$s.jsonl
       .venv/bin/python bench/dao_margin.py bench/results/dao_lam_$s.jsonl
     done
