@@ -226,3 +226,28 @@ def write_result(name: str, device: torch.device, config: dict, results: list[di
     rec = {"bench": name, "env": environment(device), "config": config, "results": results}
     path.write_text(json.dumps(rec, indent=1) + "\n")
     return path
+
+
+def demo_dev_split(data: str, max_len: int = 64):
+    """A shipped set's dev split, tokenized as ``cascade-rt demo`` does (the default split)."""
+    from transformers import BertTokenizer
+
+    from cascade_rt.data import load_dataset
+    from cascade_rt.paths import shipped_minilm_dir
+    from cascade_rt.train import encode
+
+    tok = BertTokenizer(vocab=str(shipped_minilm_dir() / "vocab.txt"))
+    return encode(tok, load_dataset(data).dev, max_len)
+
+
+def cached_tier(path: Path, dev):
+    """A tier ``cascade-rt demo`` trained and cached at ``path``: (tier, its dev probabilities
+    (N, C) float32, its FLOPs per dev row (N,)). One clear error where no model is there."""
+    from cascade_rt.evaluate import tier_row_costs
+    from cascade_rt.tier import Tier
+    from cascade_rt.train import predict_probs
+
+    if not (Path(path) / "model.safetensors").is_file():
+        raise SystemExit(f"no trained model in {path} (run cascade-rt demo first; see the script's docstring)")
+    tier = Tier.from_pretrained(path)
+    return tier, predict_probs(tier, dev), tier_row_costs([tier.config], dev.lengths)[0]

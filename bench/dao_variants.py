@@ -44,34 +44,26 @@ def main(argv=None) -> int:
     ap.add_argument("--log", required=True)
     args = ap.parse_args(argv)
 
-    from transformers import BertTokenizer
-
-    from cascade_rt.data import load_dataset
-    from cascade_rt.demo import shipped_minilm_dir
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import cached_tier, demo_dev_split
     from cascade_rt.evaluate import dis, search_thresholds, tier_row_costs
     from cascade_rt.info import cpu_name, source_commit
-    from cascade_rt.tier import Tier
-    from cascade_rt.train import encode, predict_probs
 
-    tok = BertTokenizer(vocab=str(shipped_minilm_dir() / "vocab.txt"))
-    dv = encode(tok, load_dataset(args.data).dev, args.max_len)
+    dv = demo_dev_split(args.data, args.max_len)
     y = np.array(dv.labels)
     for run in map(Path, args.runs):
         seed = int(re.search(r"_s(\d+)_", run.name).group(1))
+        if not (run / args.difficulty).is_file():
+            raise SystemExit(f"no difficulty labels {run / args.difficulty} (run cascade-rt demo first)")
         diff = json.loads((run / args.difficulty).read_text())
         easy_dv = diff["extra"]["dev"]["easy"]
-        large = Tier.from_pretrained(run / args.large)
-        l_dv = predict_probs(large, dv)
+        large, l_dv, _ = cached_tier(run / args.large, dv)
         for name in [args.no_dao, *args.dao]:
-            d = run / name
-            if not (d / "model.safetensors").is_file():
-                raise SystemExit(f"no trained model in {d} (run cascade-rt demo first; see this file's docstring)")
             dao = name != args.no_dao
             m = re.search(r"_m([0-9.e-]+)_lam([0-9.e-]+)", name) if dao else None
             if dao and m is None:
                 raise SystemExit(f"--dao {name}: no _m<margin>_lam<weight> in the name")
-            tier = Tier.from_pretrained(d)
-            p = predict_probs(tier, dv)
+            tier, p, _ = cached_tier(run / name, dv)
             cum = tier_row_costs([tier.config, large.config], dv.lengths)
             full = cum[1].sum() - cum[0].sum()
             rec = {"recipe": {"data": args.data, "seed": seed, "dao": dao,

@@ -86,32 +86,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="append one JSON line per run and small tier here")
     args = ap.parse_args(argv)
 
-    import torch
-    from transformers import BertTokenizer
-
-    from cascade_rt import flops
-    from cascade_rt.data import load_dataset
-    from cascade_rt.demo import shipped_minilm_dir
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import cached_tier, demo_dev_split
     from cascade_rt.info import source_commit
-    from cascade_rt.tier import Tier
-    from cascade_rt.train import encode, predict_probs
 
-    tok = BertTokenizer(vocab=str(shipped_minilm_dir() / "vocab.txt"))
-    dv = encode(tok, load_dataset(args.data).dev, args.max_len)
+    dv = demo_dev_split(args.data, args.max_len)
     labels = np.array(dv.labels)
     pooled = {r: {"per_target": {t: [] for t in args.targets}, "at_2x": []} for r in RULES}
     for run in map(Path, args.runs):
-        for d in [run / args.large, *(run / s for s in args.small)]:
-            if not (d / "model.safetensors").is_file():
-                raise SystemExit(f"no trained model in {d} (run cascade-rt demo first; see this file's docstring)")
-        large = Tier.from_pretrained(run / args.large)
-        p_large = predict_probs(large, dv).numpy()
-        c_large = np.array([flops.tier_flops(large.config, [n]) for n in dv.lengths], dtype=np.float64)
+        _, p_large, c_large = cached_tier(run / args.large, dv)
         for s in args.small:
-            small = Tier.from_pretrained(run / s)
-            p_small = predict_probs(small, dv).numpy()
-            c_small = np.array([flops.tier_flops(small.config, [n]) for n in dv.lengths], dtype=np.float64)
-            res = study(p_small, p_large, labels, c_small, c_large, args.targets, args.halvings, seed=0)
+            _, p_small, c_small = cached_tier(run / s, dv)
+            res = study(p_small.numpy(), p_large.numpy(), labels, c_small, c_large, args.targets, args.halvings, seed=0)
             rec = {"data": args.data, "run": run.name, "small": s, "dev_rows": len(labels),
                    "halvings": args.halvings, "commit": source_commit(), "rules": {}}
             for name, r in res.items():

@@ -84,17 +84,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
 
-    from transformers import BertTokenizer
-
-    from cascade_rt import flops
-    from cascade_rt.data import load_dataset
-    from cascade_rt.demo import shipped_minilm_dir
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import cached_tier, demo_dev_split
     from cascade_rt.info import source_commit
-    from cascade_rt.tier import Tier
-    from cascade_rt.train import encode, predict_probs
 
-    tok = BertTokenizer(vocab=str(shipped_minilm_dir() / "vocab.txt"))
-    dv = encode(tok, load_dataset(args.data).dev, args.max_len)
+    dv = demo_dev_split(args.data, args.max_len)
     labels = np.array(dv.labels)
     pooled: dict = {}
     for run in map(Path, args.runs):
@@ -103,11 +97,8 @@ def main(argv=None) -> int:
             dirs["2d"] = run / args.dao
         probs, cost = {}, {}
         for k, d in dirs.items():
-            if not (d / "model.safetensors").is_file():
-                raise SystemExit(f"no trained model in {d} (run cascade-rt demo first; see this file's docstring)")
-            t = Tier.from_pretrained(d)
-            probs[k] = predict_probs(t, dv).numpy()
-            cost[k] = np.array([flops.tier_flops(t.config, [n]) for n in dv.lengths], dtype=np.float64)
+            _, p, cost[k] = cached_tier(d, dv)
+            probs[k] = p.numpy()
         res = evaluate(probs, cost, labels, args.targets, args.halvings)
         rec = {"data": args.data, "run": run.name, "halvings": args.halvings, "dev_rows": len(labels),
                "commit": source_commit(), "sets": {}}

@@ -220,17 +220,16 @@ def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,
         return [min(float(t), 1.0) for t in best[1]], best[2], best[3]
 
     if np.prod([float(len(c)) for c in cands]) <= max_combos:
-        scored = [(list(ts), *score(ts)) for ts in itertools.product(*cands)]
-        for ts, key, acc, sp in scored:
-            if best is None or key > best[0]:
-                best = (key, ts, acc, sp)
+        scored = [(list(ts), *score(ts)[1:]) for ts in itertools.product(*cands)]
+
+        def pick():
+            """The best of every combination under the current ``key_of``."""
+            return max(((key_of(acc, sp), ts, acc, sp) for ts, acc, sp in scored), key=lambda b: b[0])
+
+        best = pick()
         floor = relax_floor()
         if floor is not None:
-            best = None
-            for ts, _, acc, sp in scored:
-                key = key_of(acc, sp)
-                if best is None or key > best[0]:
-                    best = (key, ts, acc, sp)
+            best = pick()
         return result()
 
     def sweep(ts, s):
