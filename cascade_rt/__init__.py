@@ -8,7 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import backends, flops, ops, reference  # noqa: E402
-from .cascade import CascadeBert, CascadeOutput  # noqa: E402
+from .cascade import CascadeBert, CascadeOutput, pool_log_probs  # noqa: E402
 from .checkpoint import CheckpointError, load_tier, make_classifier_checkpoint  # noqa: E402
 from .config import TierConfig  # noqa: E402
 from .inputs import InputError  # noqa: E402
@@ -18,6 +18,7 @@ from .tier import Tier  # noqa: E402
 __all__ = [
     "CascadeBert",
     "CascadeOutput",
+    "pool_log_probs",
     "Tier",
     "TierConfig",
     "CheckpointError",

@@ -15,7 +15,7 @@ from .checkpoint import load_tier, save_tier
 from .inputs import PackedBatch, prepare_inputs
 from .tier import Tier
 
-__all__ = ["CascadeBert", "CascadeOutput", "CASCADE_FILE"]
+__all__ = ["CascadeBert", "CascadeOutput", "CASCADE_FILE", "pool_log_probs"]
 
 CASCADE_FILE = "cascade.json"
 
@@ -24,7 +24,9 @@ CASCADE_FILE = "cascade.json"
 class CascadeOutput:
     """Result of a cascade forward, every tensor in input row order.
 
-    logits: (B, num_labels) float32: logits of the tier each row exited at.
+    logits: (B, num_labels) float32: logits of the tier each row exited at (with
+    ``pool_weight > 0``, a row that exits after tier 0 gets its pooled log-probabilities,
+    :func:`pool_log_probs`; either way their softmax is the row's probabilities).
     exit_tier: (B,) int64.  confidence: (B,) float32: max softmax probability at that tier.
     rows_per_tier: (num_tiers,) int64: rows each tier ran on.
     tokens_per_tier: (num_tiers,) int64: tokens each tier ran on.
@@ -59,6 +61,28 @@ def _check_thresholds(thresholds: Sequence[float], num_tiers: int) -> list[float
         if math.isnan(t) or not 0.0 <= t <= 1.0:
             raise ValueError(f"threshold {i} is {t}; each threshold must be a number in [0, 1]")
     return thresholds
+
+
+def _check_pool_weight(weight) -> float:
+    w = float(weight)
+    if not (w >= 0 and math.isfinite(w)):
+        raise ValueError(f"pool_weight is {weight}; it must be a finite number >= 0 (0: no pooling)")
+    return w
+
+
+def pool_log_probs(logits: torch.Tensor, previous: torch.Tensor, weight: float):
+    """Log-linear pooling of a tier's probabilities with the earlier tiers' for the rows that
+    reached it: ``(log_softmax(logits) + weight * previous) / (1 + weight)``, normalised.
+
+    logits: (B, C) the tier's logits.  previous: (B, C) float32 log-probabilities the rows had
+    after the earlier tiers (tier 0's log_softmax, then each pooled result).  Returns the pooled
+    log-probabilities (B, C) float32 and their max probability (B,) float32, the confidence a
+    pooling cascade tests against the tier's threshold. ``weight`` 1: the normalised geometric
+    mean of this tier's probabilities and the earlier pool's; 0: this tier's own.
+    """
+    z = (torch.log_softmax(logits.float(), dim=-1) + weight * previous) / (1.0 + weight)
+    z = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    return z, z.amax(dim=-1).exp()
 
 
 def _named_labels(config) -> dict[int, str] | None:
@@ -150,15 +174,21 @@ class CascadeBert(nn.Module):
         tiers: the tiers, smallest first; they must share the tokenizer (vocabulary file
             contents) and the labels (``num_labels``, ``id2label`` where both name them).
         thresholds: one per tier but the last, each in [0, 1].
+        pool_weight: 0 (default): each tier decides alone. ``w > 0``: a row that reaches tier
+            ``i > 0`` is classified, and tested against tier ``i``'s threshold, by tier ``i``'s
+            probabilities pooled with those it had after tier ``i - 1`` (weight ``w`` for the
+            earlier pool, 1 for the tier; :func:`pool_log_probs`). The earlier tiers already
+            ran on those rows, so pooling costs a few elementwise ops on ``(rows, num_labels)``.
     """
 
-    def __init__(self, tiers: Sequence[Tier], thresholds: Sequence[float] = ()):
+    def __init__(self, tiers: Sequence[Tier], thresholds: Sequence[float] = (), pool_weight: float = 0.0):
         super().__init__()
         if len(tiers) == 0:
             raise ValueError("a cascade needs at least one tier")
         _check_compatible(tiers)
         self.tiers = nn.ModuleList(tiers)
         self.thresholds = _check_thresholds(thresholds, len(tiers))
+        self.pool_weight = _check_pool_weight(pool_weight)
         #: when True, never read counts back to the host between tiers: later tiers run on
         #: upper-bound shapes (dead rows are zero-length) and kernels skip dead work. When
         #: False, one count is read per tier boundary and later tiers run on exact shapes.
@@ -174,13 +204,15 @@ class CascadeBert(nn.Module):
         thresholds: Sequence[float] | None = None,
         dtype: torch.dtype | None = None,
         device=None,
+        pool_weight: float | None = None,
     ) -> "CascadeBert":
         """Load from HF tier directories (smallest first) or a directory saved by :meth:`save_pretrained`.
 
         ``paths``: a list of ``*ForSequenceClassification`` directories of any supported family
         (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA), or one directory
-        with a ``cascade.json`` (its thresholds are used unless ``thresholds`` is given), or one
-        HF directory (a one-tier cascade).
+        with a ``cascade.json`` (its thresholds and ``pool_weight`` are used unless given here),
+        or one HF directory (a one-tier cascade). ``pool_weight``: see the class; default 0
+        where no ``cascade.json`` says otherwise.
         """
         if isinstance(paths, (str, Path)):
             root = Path(paths)
@@ -190,6 +222,8 @@ class CascadeBert(nn.Module):
                 dirs = [root / d for d in meta["tiers"]]
                 if thresholds is None:
                     thresholds = meta.get("thresholds", [])
+                if pool_weight is None:
+                    pool_weight = meta.get("pool_weight", 0.0)
             else:
                 dirs = [root]
         else:
@@ -201,7 +235,7 @@ class CascadeBert(nn.Module):
                 raise ValueError(f"{len(dirs)} tiers need {len(dirs) - 1} threshold(s); pass thresholds=[...]")
             thresholds = []
         tiers = [load_tier(d, dtype=dtype, device=device) for d in dirs]
-        return cls(tiers, thresholds)
+        return cls(tiers, thresholds, 0.0 if pool_weight is None else pool_weight)
 
     def save_pretrained(self, path) -> None:
         """Write ``tier_<i>/`` (each loadable by ``transformers``) and ``cascade.json``."""
@@ -212,11 +246,16 @@ class CascadeBert(nn.Module):
             name = f"tier_{i}"
             save_tier(tier, path / name)
             names.append(name)
-        meta = {"format": "cascade_rt", "version": 1, "tiers": names, "thresholds": self.thresholds}
+        meta = {"format": "cascade_rt", "version": 1, "tiers": names, "thresholds": self.thresholds,
+                "pool_weight": self.pool_weight}
         (path / CASCADE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     def set_thresholds(self, thresholds: Sequence[float]) -> "CascadeBert":
         self.thresholds = _check_thresholds(thresholds, len(self.tiers))
+        return self
+
+    def set_pool_weight(self, weight: float) -> "CascadeBert":
+        self.pool_weight = _check_pool_weight(weight)
         return self
 
     @property
@@ -283,6 +322,8 @@ class CascadeBert(nn.Module):
         tokens = torch.stack([batch.input_ids, batch.token_type_ids], dim=1)  # (T, 2)
         cu = batch.cu_seqlens
         row_index = torch.arange(B, device=dev, dtype=torch.int64)
+        w = self.pool_weight
+        pool = None  # with pooling: the live rows' log-probabilities so far (rows, C) float32
         for i, tier in enumerate(self.tiers):
             last = i == n_tiers - 1
             # a named range per tier, so profiles (torch.profiler, nsys) show each tier's time
@@ -292,7 +333,11 @@ class CascadeBert(nn.Module):
                 # sync-free: upper-bound shapes, so the dense layers skip the dead rows on the device
                 cls_hidden = tier.encode(tokens[:, 0], tokens[:, 1], cu, batch.max_seqlen, sync_free=not trim,
                                          first_tokens=True)
-                logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else self.thresholds[i])
+                threshold = 0.0 if last else self.thresholds[i]
+                logits, conf, exit_mask = tier.exit_head(cls_hidden, threshold)
+                if w and i > 0:
+                    logits, conf = pool_log_probs(logits, pool, w)
+                    exit_mask = conf >= threshold
                 if last:
                     exit_mask = torch.ones_like(exit_mask)
                 ops.scatter_exits(exit_mask, row_index, logits, conf, i, out_logits, out_conf, out_tier)
@@ -300,11 +345,15 @@ class CascadeBert(nn.Module):
                     break
                 tokens, cu, local, n_kept = ops.compact(exit_mask | (row_index < 0), tokens, cu)
                 row_index = torch.where(local >= 0, row_index[local.clamp(min=0)], local)
+                if w:
+                    pool = (torch.log_softmax(logits, -1) if i == 0 else logits)[local.clamp(min=0)]
                 if trim:
                     n_rows, n_tok = torch.stack([n_kept.to(torch.int64), cu[-1].to(torch.int64)]).tolist()
                     if n_rows == 0:
                         break
                     tokens, cu, row_index = tokens[:n_tok], cu[: n_rows + 1], row_index[:n_rows]
+                    if w:
+                        pool = pool[:n_rows]
         return out
 
     # -- streams of batches ------------------------------------------------------------------

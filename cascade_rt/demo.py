@@ -101,6 +101,12 @@ SMALL_INIT = "final"
 #: so the cache does not hand back models trained by the code before it
 TRAIN_CODE = 2
 
+#: weight of the earlier tiers' pooled log-probabilities in a later tier's decision
+#: (``CascadeBert(pool_weight=...)``): a row that reaches the final tier is classified by the
+#: normalised geometric mean of the small tier's probabilities and the final tier's. Provisional
+#: (see bench/tier_ensemble.py)
+POOL_WEIGHT = 1.0
+
 #: models trained at once (worker processes); see ``cascade_rt.train.jobs``
 TRAIN_WORKERS = min(2, os.cpu_count() or 1)
 
@@ -109,6 +115,16 @@ def _spread(point: dict) -> str:
     if "speedup_measured_min" not in point:
         return ""
     return f"({point['speedup_measured_min']:.2f}-{point['speedup_measured_max']:.2f})"
+
+
+def _pool_weight(value: str) -> float:
+    try:
+        w = float(value)
+    except ValueError:
+        w = float("nan")
+    if not (w >= 0 and w != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}")
+    return w
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,6 +176,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=DAO_LAM,
                    help=f"weight of DAO's ranking term (default {DAO_LAM:g}; the paper's 0.5 costs the small tier "
                         "accuracy with two labels: cascade_rt.train.DAO_LAM)")
+    p.add_argument("--pool-weight", type=_pool_weight, default=POOL_WEIGHT,
+                   help="a row that reaches a later tier is classified (and tested against that tier's threshold) "
+                        "by the tier's probabilities pooled with the earlier tiers' (log-linear, this weight for "
+                        f"the earlier pool, 1 for the tier; default {POOL_WEIGHT:g}); 0: each tier decides alone")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds: each trains and evaluates every model once; the split stays fixed "
                         "(--split-seed); the table and aggregate.json give mean and std over seeds")
@@ -298,6 +318,7 @@ def run(args) -> int:
             "train_workers": args.train_workers,
             "lr": args.lr, "bf16_autocast": bf16, "folds": args.folds, "margin": args.margin, "lam": args.lam,
             "seeds": seeds, "split_seed": args.split_seed, "equal_within": args.equal_within,
+            "pool_weight": args.pool_weight,
             "threads": torch.get_num_threads(),
             "train_rows": len(tr), "dev_rows": len(dv), "test_rows": len(te),
             "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_name(),
@@ -430,8 +451,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     """Train (or load from the cache) every model of one training seed and evaluate them:
     returns (sweep points, reliability data at the 2x target)."""
     from .early_exit import EarlyExitBert, layer_cls_features
-    from .evaluate import (dis, ece, f1_binary, run_batches, search_thresholds, simulate_exits,
-                           tier_row_costs, timed_speedups)
+    from .evaluate import (dis, ece, f1_binary, pooled_stage_probs, run_batches, search_thresholds,
+                           simulate_exits, tier_row_costs, timed_speedups)
     from .tier import Tier
     from .train import TrainConfig, collate, predict_probs
     from .train.jobs import Job, run_jobs
@@ -639,14 +660,17 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         dirs = [*smalls, large]
         stage_cfgs = [cfgs[d] for d in dirs]
         cum_dv = tier_row_costs(stage_cfgs, dv.lengths)
-        model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls)).eval()
+        model = CascadeBert([tiers[d] for d in dirs], [0.5] * len(smalls), pool_weight=args.pool_weight).eval()
+        # what each tier's exit test reads: with pooling, a later tier's pooled probabilities
+        stage_dv = pooled_stage_probs([probs[d][0] for d in dirs], args.pool_weight)
+        stage_te = pooled_stage_probs([probs[d][1] for d in dirs], args.pool_weight)
         for target in args.targets:
-            ths, _, _ = search_thresholds([probs[d][0] for d in dirs], labels_dv, cum_dv, full_dv,
+            ths, _, _ = search_thresholds(stage_dv, labels_dv, cum_dv, full_dv,
                                           target_speedup=target, equal_within=args.equal_within)
             cases.append({"method": method, "model": model, "setup": lambda m=model, ths=ths: m.set_thresholds(ths),
                           "ths": ths, "target": target, "stage_cfgs": stage_cfgs,
-                          "dis_conf": probs[dirs[0]][1].amax(-1).numpy(),
-                          "simulated": [probs[d][1] for d in dirs]})
+                          "dis_conf": probs[dirs[0]][1].amax(-1).numpy(), "simulated": stage_te,
+                          "pool_weight": args.pool_weight})
 
     cum_ee_dv = ee_costs(dv.lengths)
     for target in args.targets:
@@ -667,6 +691,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
             pt["exit_agreement_with_simulation"] = float((sim_stage == exit_t).mean())
         if c["method"] == "single":
             pt["layers"] = c["layers"]
+        if "pool_weight" in c:
+            pt["pool_weight"] = c["pool_weight"]
     return points, reliab
 
 

@@ -13,8 +13,8 @@ Rows past ``B`` are filled with one-token dummy rows (cheap: one token each) and
 results dropped; columns past ``S`` are padding. Outputs are in input row order, exactly as
 ``model(input_ids, attention_mask)`` gives them.
 
-What a graph fixes at capture: the thresholds (changing ``model.thresholds`` afterwards is an
-error: capture again), the weights' storage (update weights in place, e.g. with
+What a graph fixes at capture: the thresholds and the pool weight (changing
+``model.thresholds`` or ``model.pool_weight`` afterwards is an error: capture again), the weights' storage (update weights in place, e.g. with
 ``load_state_dict``: a replay then computes with the new values, the fused query/key/value
 weight included, since the three parameters view it; never re-assign or move them), and the
 device (capture and replay run under it, whichever device is current). Input values are checked on the device (``torch._assert_async``); a failed
@@ -62,6 +62,7 @@ class CapturedCascade:
         if self.use_graph and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA model; this one is on {self.device}")
         self.thresholds = list(model.thresholds)
+        self.pool_weight = model.pool_weight
         model.sync_free = True
         shape = (self.max_batch, self.max_seqlen)
         #: the captured inputs: (max_batch, max_seqlen) int64 each, owned by this object
@@ -128,6 +129,9 @@ class CapturedCascade:
                 f"the model's thresholds changed since capture ({self.thresholds} -> "
                 f"{list(self.model.thresholds)}); capture the cascade again"
             )
+        if self.model.pool_weight != self.pool_weight:
+            raise RuntimeError(f"the model's pool_weight changed since capture ({self.pool_weight} -> "
+                               f"{self.model.pool_weight}); capture the cascade again")
         self._check("input_ids", input_ids)
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")

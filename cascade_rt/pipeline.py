@@ -200,19 +200,21 @@ def _id2label(tier_dir: Path, num_labels: int) -> list[str]:
     return [names.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
 
-def pipeline(path, device=None, dtype=None, *, thresholds=None, max_batch_tokens: int = 4096,
-             max_batch_rows: int = 512, max_length: int | None = None) -> Pipeline:
+def pipeline(path, device=None, dtype=None, *, thresholds=None, pool_weight: float | None = None,
+             max_batch_tokens: int = 4096, max_batch_rows: int = 512, max_length: int | None = None) -> Pipeline:
     """Load a saved cascade (a ``save_pretrained`` directory, or one HF tier directory) with its
     tokenizer; returns a :class:`Pipeline`, called as ``clf(texts, text_pairs=None)``.
 
     ``device``/``dtype``: where and in what precision the tiers run (default CPU, as saved).
-    ``thresholds``: override the saved ones. ``max_batch_tokens``: the token budget of a batch
-    (and of a later tier's run). ``max_length``: truncate rows to fewer tokens than the tiers take.
+    ``thresholds``, ``pool_weight``: override the saved ones (see :class:`CascadeBert`).
+    ``max_batch_tokens``: the token budget of a batch (and of a later tier's run).
+    ``max_length``: truncate rows to fewer tokens than the tiers take.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (expected a saved cascade or a tier directory)")
-    model = CascadeBert.from_pretrained(path, thresholds=thresholds, dtype=dtype, device=device)
+    model = CascadeBert.from_pretrained(path, thresholds=thresholds, dtype=dtype, device=device,
+                                        pool_weight=pool_weight)
     tier_dir = _first_tier_dir(path)
     tokenizer = load_tokenizer(tier_dir)
     return Pipeline(model, tokenizer, _id2label(tier_dir, model.num_labels), max_length=max_length,

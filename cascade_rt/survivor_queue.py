@@ -10,8 +10,10 @@ there, and a batch's :class:`CascadeOutput` is handed back, in input order, once
 have exited.
 
 Every tier runs through the same pieces as :meth:`CascadeBert.forward_packed` (``Tier.encode``,
-``Tier.exit_head``, ``ops.scatter_exits``, ``ops.compact``); only the grouping of rows into
-tier runs differs. The host learns each tier run's exit mask (one device read per tier run,
+``Tier.exit_head``, ``pool_log_probs`` when the model pools, ``ops.scatter_exits``,
+``ops.compact``); only the grouping of rows into tier runs differs. A pooling cascade's
+waiting rows keep their log-probabilities so far in a buffer beside the outputs, indexed by
+global row id as those are. The host learns each tier run's exit mask (one device read per tier run,
 as the exact-shape forward reads one count per tier boundary).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from . import ops
+from .cascade import pool_log_probs
 from .inputs import InputError
 
 __all__ = ["SurvivorQueue", "BATCH_KEYS"]
@@ -121,6 +124,8 @@ class SurvivorQueue:
         self.buf_logits = torch.zeros((0, C), dtype=torch.float32, device=self.device)
         self.buf_conf = torch.zeros(0, dtype=torch.float32, device=self.device)
         self.buf_tier = torch.zeros(0, dtype=torch.int64, device=self.device)
+        # a pooling cascade's log-probabilities so far, per row (only rows still waiting are read)
+        self.buf_pool = torch.zeros((0, C), dtype=torch.float32, device=self.device)
 
     # -- input -------------------------------------------------------------------------------
     def _pack(self, k: int, batch):
@@ -156,6 +161,8 @@ class SurvivorQueue:
             self.buf_logits = torch.cat([self.buf_logits, self.buf_logits.new_zeros((B, C))])
             self.buf_conf = torch.cat([self.buf_conf, self.buf_conf.new_zeros(B)])
             self.buf_tier = torch.cat([self.buf_tier, self.buf_tier.new_full((B,), -1)])
+            if self.model.pool_weight:
+                self.buf_pool = torch.cat([self.buf_pool, self.buf_pool.new_zeros((B, C))])
         cu = packed.cu_seqlens.to("cpu", torch.int64).numpy()
         lens = np.diff(cu)
         T = int(cu[-1])
@@ -176,13 +183,21 @@ class SurvivorQueue:
         with torch.profiler.record_function(f"cascade_rt.tier{i}"):
             msl = int(seg.lens.max()) if max_seqlen is None else max_seqlen
             cls_hidden = tier.encode(seg.tokens[:, 0], seg.tokens[:, 1], cu, msl, first_tokens=True)
-            logits, conf, exit_mask = tier.exit_head(cls_hidden, 0.0 if last else model.thresholds[i])
+            threshold = 0.0 if last else model.thresholds[i]
+            logits, conf, exit_mask = tier.exit_head(cls_hidden, threshold)
+            row_index = torch.from_numpy(seg.gids - self.base).to(dev)
+            w = model.pool_weight
+            if w and i > 0:
+                logits, conf = pool_log_probs(logits, self.buf_pool[row_index], w)
+                exit_mask = conf >= threshold
             if last:
                 exit_mask = torch.ones_like(exit_mask)
-            row_index = torch.from_numpy(seg.gids - self.base).to(dev)
             ops.scatter_exits(exit_mask, row_index, logits, conf, i, self.buf_logits, self.buf_conf, self.buf_tier)
             exits = np.ones(n, dtype=bool) if last else exit_mask.cpu().numpy()
             if not exits.all():
+                if w:
+                    stay = torch.from_numpy(~exits).to(dev)
+                    self.buf_pool[row_index[stay]] = (torch.log_softmax(logits, -1) if i == 0 else logits)[stay]
                 kept, _, _, _ = ops.compact(exit_mask, seg.tokens, cu)
                 keep = ~exits
                 lens = seg.lens[keep]
@@ -216,6 +231,8 @@ class SurvivorQueue:
             if p.num_rows:
                 self.buf_logits, self.buf_conf, self.buf_tier = (
                     self.buf_logits[hi:], self.buf_conf[hi:], self.buf_tier[hi:])
+                if self.model.pool_weight:
+                    self.buf_pool = self.buf_pool[hi:]
                 self.base = p.start + p.num_rows
             yield out
 

@@ -44,7 +44,7 @@ def test_train_then_evaluate(csv_data, tmp_path):
         dirs.append(out)
     report_path, saved = tmp_path / "report.json", tmp_path / "cascade"
     stdout = _cli("evaluate", *dirs, "--data", csv_data, "--target-speedup", 1.2, "--json", report_path,
-                  "--save", saved, "--timing-runs", 2)
+                  "--save", saved, "--timing-runs", 2, "--pool-weight", 1)
     assert "test:" in stdout
     report = json.loads(report_path.read_text())
     assert {"thresholds", "accuracy", "accuracy_last_tier", "f1", "ece", "speedup_analytic",
@@ -55,6 +55,7 @@ def test_train_then_evaluate(csv_data, tmp_path):
     assert report["speedup_measured_min"] <= report["speedup_measured"] <= report["speedup_measured_max"]
     loaded = CascadeBert.from_pretrained(saved)
     assert loaded.thresholds == pytest.approx(report["thresholds"])
+    assert loaded.pool_weight == report["pool_weight"] == 1.0  # chosen for, and saved with, pooling
 
 
 def test_train_learns_from_a_teacher_and_unlabelled_text(csv_data, tmp_path):

@@ -145,22 +145,23 @@ def test_capture_method_on_the_model(model):
     assert isinstance(g, CapturedCascade) and model.sync_free
 
 
-def test_cascade_traces_as_one_graph(model, monkeypatch):
+@pytest.mark.parametrize("pool", [0.0, 1.0])
+def test_cascade_traces_as_one_graph(model, monkeypatch, pool):
     """torch.compile (dynamo) sees the whole sync-free forward as one graph on CPU, given ops
     that do not read back (the reference attention walks rows on the host, so a sync-free
-    test attention stands in for the fast backends' op)."""
+    test attention stands in for the fast backends' op); a pooling cascade too."""
     monkeypatch.setitem(reference_backend.OPS, "varlen_attention", _padded_varlen_attention)
     torch._dynamo.reset()
     ids, mask, types = _padded(LENGTHS, seed=8)
-    prev = model.sync_free, model.check_inputs
-    model.sync_free, model.check_inputs = True, False
+    prev = model.sync_free, model.check_inputs, model.pool_weight
+    model.sync_free, model.check_inputs, model.pool_weight = True, False, pool
     try:
         with backends.use_backend("reference"):
             want = model(ids, mask, types)
             compiled = torch.compile(model, backend="eager", fullgraph=True)
             got = compiled(ids, mask, types)
     finally:
-        model.sync_free, model.check_inputs = prev
+        model.sync_free, model.check_inputs, model.pool_weight = prev
         torch._dynamo.reset()
     _same(got, want)
 
@@ -183,10 +184,10 @@ def _need_fast_backend():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_cuda_graph_replays_match_eager(dtype):
+@pytest.mark.parametrize("dtype,pool", [(torch.float16, 0.0), (torch.float32, 0.0), (torch.float16, 1.0)])
+def test_cuda_graph_replays_match_eager(dtype, pool):
     _need_fast_backend()
-    model = _cuda_model(dtype)
+    model = _cuda_model(dtype).set_pool_weight(pool)
     g = capture(model, max_batch=16, max_seqlen=40)
     assert g.graph is not None
     atol = 2e-2 if dtype == torch.float16 else 1e-4

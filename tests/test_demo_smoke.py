@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cascade_rt.data import Example, Splits
-from cascade_rt.demo import (UNLABELED_BELOW, aggregate, default_singles, goals, pack_correct, resolve_unlabeled,
+from cascade_rt.demo import (POOL_WEIGHT, UNLABELED_BELOW, aggregate, default_singles, goals, pack_correct, resolve_unlabeled,
                              summarize_goals, unpack_correct)
 
 
@@ -35,6 +35,12 @@ def test_demo_runs_end_to_end(tmp_path):
         assert len(mine) == 11
     for p in points:
         assert keys <= set(p)
+        # the cascades decide as the default pooling says, and record it
+        assert p.get("pool_weight") == (POOL_WEIGHT if p["method"] in ("cascade", "cascade_no_dao") else None)
+        if p["method"] in ("cascade", "cascade_no_dao"):
+            # the runtime's exits are those the (pooled) simulation the search read predicts; a
+            # confidence within rounding of a threshold may flip one row
+            assert p["exit_agreement_with_simulation"] >= 31 / 32
         assert 0 <= p["accuracy"] <= 1 and p["speedup_measured"] > 0
         assert p["rows_per_tier"][0] == 32
         if p["method"] != "full":  # median of 3 warm, alternating passes, with the spread
@@ -147,6 +153,8 @@ def test_goals_compare_at_measured_speedups():
     ("--feature-distill", "some", "--feature-distill must be 'auto' or a number >= 0, got 'some'"),
     ("--equal-within", "-0.01", "--equal-within: must be 'se' or a fraction >= 0, got '-0.01'"),
     ("--equal-within", "sd", "--equal-within: must be 'se' or a fraction >= 0, got 'sd'"),
+    ("--pool-weight", "-1", "--pool-weight: must be a number >= 0, got '-1'"),
+    ("--pool-weight", "nan", "--pool-weight: must be a number >= 0, got 'nan'"),
     ("--unlabeled", "/no/such/file.csv", "--unlabeled /no/such/file.csv: unlabeled text: '/no/such/file.csv' is "
                                           "neither 'shipped' nor a file")])
 def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):

@@ -95,6 +95,10 @@ def test_torn_chunk_is_cut_back_on_resume(cascade_dir, tmp_path, monkeypatch, fm
         run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False)
     with pytest.raises(job_mod.JobError, match="chunk_rows changed"):
         run_predict(clf, cascade_dir, src, out, chunk_rows=30, on_bad_row="skip", progress=False, resume=True)
+    clf.model.set_pool_weight(0.5)  # a pooling cascade decides differently: no resume either
+    with pytest.raises(job_mod.JobError, match="pool_weight changed"):
+        run_predict(clf, cascade_dir, src, out, chunk_rows=25, on_bad_row="skip", progress=False, resume=True)
+    clf.model.set_pool_weight(0.0)
     if fmt == "csv":  # an output cut shorter than the record cannot be resumed
         whole = out.read_bytes()
         out.write_bytes(whole[:10])

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["accuracy", "f1_binary", "ece", "dis", "simulate_exits", "row_costs", "search_thresholds",
+__all__ = ["accuracy", "f1_binary", "ece", "dis", "pooled_stage_probs", "simulate_exits", "row_costs", "search_thresholds",
            "EQUAL_WITHIN_HELP", "parse_equal_within",
            "reliability_bins", "tier_row_costs", "run_batches", "timed_against", "timed_speedup", "timed_speedups"]
 
@@ -69,6 +69,25 @@ def reliability_bins(confidence, correct, bins: int = 10):
         if cnt[b]:
             acc[b] = corr[m].mean()
     return (np.arange(bins) + 0.5) / bins, acc, cnt
+
+
+def pooled_stage_probs(probs: Sequence[torch.Tensor], weight: float) -> list[torch.Tensor]:
+    """Each stage's probabilities as a cascade with ``pool_weight=weight`` sees them (stage 0
+    as it is, stage ``i > 0`` pooled with the pool after stage ``i - 1``,
+    :func:`cascade_rt.cascade.pool_log_probs`), for every row; feed them to
+    :func:`simulate_exits` / :func:`search_thresholds` to score or choose a pooling cascade.
+    ``probs``: per stage (N, C) probabilities (each stage's own softmax)."""
+    from ..cascade import pool_log_probs
+
+    if not weight:
+        return list(probs)
+    out = [probs[0]]
+    pool = torch.log(probs[0].float().clamp_min(1e-30))
+    for p in probs[1:]:
+        # a tier's own log-probabilities, as log_softmax of its logits would give them
+        pool, _ = pool_log_probs(torch.log(p.float().clamp_min(1e-30)), pool, weight)
+        out.append(pool.exp())
+    return out
 
 
 def simulate_exits(probs: Sequence[torch.Tensor], thresholds: Sequence[float]):

@@ -2,7 +2,7 @@
 drop, then report accuracy, F1, ECE, analytic and measured speed-up and rows per tier on test.
 
     cascade-rt evaluate TIER_DIR [TIER_DIR ...] [--data movies] (--target-speedup 2 | --max-drop 0.01)
-                        [--save DIR]
+                        [--pool-weight W] [--save DIR]
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-speedup", type=float, default=None)
     g.add_argument("--max-drop", type=float, default=None, help="accuracy drop allowed, as a fraction (0.01 = 1 point)")
     p.add_argument("--equal-within", type=parse_equal_within, default="se", help=EQUAL_WITHIN_HELP)
+    p.add_argument("--pool-weight", type=float, default=None,
+                   help="a later tier decides on its probabilities pooled with the earlier tiers' (log-linear; "
+                        "this weight for the earlier pool, 1 for the tier); default: a saved cascade's, else 0")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--timing-runs", type=int, default=3, help="timed passes of each (after one warm-up), interleaved in alternating order; the speed-up is their median")
     p.add_argument("--save", default=None, help="save the cascade with the chosen thresholds here")
@@ -36,11 +39,12 @@ def run(args) -> int:
     from .. import CascadeBert, flops
     from ..data import load_dataset
     from ..train import collate, encode, predict_probs
-    from . import ece, f1_binary, run_batches, search_thresholds, tier_row_costs, timed_speedup
+    from . import ece, f1_binary, pooled_stage_probs, run_batches, search_thresholds, tier_row_costs, timed_speedup
 
     torch.set_num_threads(os.cpu_count() or 1)
     paths = args.tiers[0] if len(args.tiers) == 1 else args.tiers
-    model = CascadeBert.from_pretrained(paths, thresholds=None if len(args.tiers) == 1 else [0.5] * (len(args.tiers) - 1))
+    model = CascadeBert.from_pretrained(paths, thresholds=None if len(args.tiers) == 1 else [0.5] * (len(args.tiers) - 1),
+                                        pool_weight=args.pool_weight)
     src = model.tiers[0].source_dir
     tok = BertTokenizer(vocab=os.path.join(src, "vocab.txt"))
     splits = load_dataset(args.data, seed=args.seed)
@@ -53,7 +57,7 @@ def run(args) -> int:
     full_cost = cum[-1].sum() - cum[-2].sum() if len(cfgs) > 1 else cum[-1].sum()
     if len(cfgs) > 1:
         target = args.target_speedup if (args.target_speedup or args.max_drop is not None) else 2.0
-        ths, acc, sp = search_thresholds(probs_dv, labels_dv, cum, full_cost,
+        ths, acc, sp = search_thresholds(pooled_stage_probs(probs_dv, model.pool_weight), labels_dv, cum, full_cost,
                                          target_speedup=None if args.max_drop is not None else target,
                                          max_drop=args.max_drop, full_accuracy=full_acc_dv,
                                          equal_within=args.equal_within)
@@ -67,7 +71,7 @@ def run(args) -> int:
     o = timed.pop("out")
     pred = o["logits"].argmax(-1).numpy()
     report = {
-        "thresholds": model.thresholds, "accuracy": float((pred == labels_te).mean()),
+        "thresholds": model.thresholds, "pool_weight": model.pool_weight, "accuracy": float((pred == labels_te).mean()),
         "accuracy_last_tier": float((o_full["logits"].argmax(-1).numpy() == labels_te).mean()),
         "f1": f1_binary(pred, labels_te) if splits.num_labels == 2 else None,
         "ece": ece(o["confidence"].numpy(), pred == labels_te),

@@ -119,6 +119,8 @@ def _options(clf, cascade_dir, input_path: Path, in_fmt, out_fmt, text_column, p
         "input_format": in_fmt, "output_format": out_fmt, "text_column": text_column,
         "pair_column": pair_column, "id_column": id_column, "chunk_rows": chunk_rows, "on_bad_row": on_bad_row,
         "cascade": str(Path(cascade_dir).resolve()), "thresholds": list(model.thresholds),
+        # only where it pools, so that a job a release before pooling started still resumes
+        **({"pool_weight": model.pool_weight} if model.pool_weight else {}),
         "dtype": str(model.tiers[0].dtype), "device": str(model.device), "max_length": clf.max_length,
         "max_batch_tokens": clf.max_batch_tokens, "max_batch_rows": clf.max_batch_rows,
     }
@@ -172,10 +174,10 @@ def run_predict(clf, cascade_dir, input_path, output, *, text_column: str = "tex
         state = json.loads(prog.read_text())
         if state.get("version") != PROGRESS_VERSION:
             raise JobError(f"{prog}: written by another version of cascade-rt predict; start over with --overwrite")
-        changed = [k for k in options if state["options"].get(k) != options[k]]
+        changed = [k for k in {**state["options"], **options} if state["options"].get(k) != options.get(k)]
         if changed:
             raise JobError(f"cannot resume: {', '.join(changed)} changed since the interrupted run "
-                           f"(was {[state['options'].get(k) for k in changed]}, now {[options[k] for k in changed]}); "
+                           f"(was {[state['options'].get(k) for k in changed]}, now {[options.get(k) for k in changed]}); "
                            f"start over with --overwrite")
         kept = ([(output, "output_bytes")] if out_fmt != "parquet" else []) + (
             [(rej_path, "rejects_bytes")] if rej_path is not None else [])
