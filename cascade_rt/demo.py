@@ -102,10 +102,15 @@ SMALL_INIT = "final"
 TRAIN_CODE = 2
 
 #: weight of the earlier tiers' pooled log-probabilities in a later tier's decision
-#: (``CascadeBert(pool_weight=...)``): a row that reaches the final tier is classified by the
-#: normalised geometric mean of the small tier's probabilities and the final tier's. Provisional
-#: (see bench/tier_ensemble.py)
-POOL_WEIGHT = 1.0
+#: (``CascadeBert(pool_weight=...)``; 1: a row that reaches the final tier is classified by the
+#: normalised geometric mean of the small tier's probabilities and the final tier's). Off: on
+#: dev (``bench/tier_ensemble.py``, ``bench/results/tier_ensemble.txt``: choose thresholds on
+#: one random half of dev, score on the other, 30 halvings x 3 seeds, the demo's cached tiers)
+#: weight 1 moved the two-tier cascades' held-out accuracy at the 1.5x, 2x and 2.5x targets by
+#: -0.22 to +0.32 points (mean +0.04 over movies, amazon and nyt, DAO and no DAO), weight 0.5
+#: and 2 no better; likely because the small tiers, cut from the final tier (and on the small
+#: sets trained on its outputs), add little that it does not already know
+POOL_WEIGHT = 0.0
 
 #: models trained at once (worker processes); see ``cascade_rt.train.jobs``
 TRAIN_WORKERS = min(2, os.cpu_count() or 1)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cascade_rt.data import Example, Splits
-from cascade_rt.demo import (POOL_WEIGHT, UNLABELED_BELOW, aggregate, default_singles, goals, pack_correct, resolve_unlabeled,
+from cascade_rt.demo import (UNLABELED_BELOW, aggregate, default_singles, goals, pack_correct, resolve_unlabeled,
                              summarize_goals, unpack_correct)
 
 
@@ -19,7 +19,8 @@ def test_demo_runs_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "32", "--large-layers", "2", "--small-layers", "1",
            "--folds", "2", "--targets", "2", "40", "50", "--seeds", "0", "1", "--quiet", "--out", str(tmp_path / "out"),
            "--cache", str(tmp_path / "cache"), "--epochs", "0.5", "--small-epochs", "0.5",
-           "--min-steps", "20"]  # a few steps: the path, not the accuracy, is under test
+           "--min-steps", "20",  # a few steps: the path, not the accuracy, is under test
+           "--pool-weight", "1"]  # the pooling cascade's path (search, runtime, simulation) too
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     points = json.loads((tmp_path / "out" / "sweep.json").read_text())
@@ -35,8 +36,8 @@ def test_demo_runs_end_to_end(tmp_path):
         assert len(mine) == 11
     for p in points:
         assert keys <= set(p)
-        # the cascades decide as the default pooling says, and record it
-        assert p.get("pool_weight") == (POOL_WEIGHT if p["method"] in ("cascade", "cascade_no_dao") else None)
+        # the cascades pool as asked, and record it
+        assert p.get("pool_weight") == (1.0 if p["method"] in ("cascade", "cascade_no_dao") else None)
         if p["method"] in ("cascade", "cascade_no_dao"):
             # the runtime's exits are those the (pooled) simulation the search read predicts; a
             # confidence within rounding of a threshold may flip one row
