@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import CascadeBert, flops, make_classifier_checkpoint
-from .evaluate import EQUAL_WITHIN_HELP, parse_equal_within
+from .evaluate import EQUAL_WITHIN_HELP, parse_equal_within, parse_pool_weight
 from .paths import cache_dir, shipped_minilm_dir
 from .train import DAO_LAM
 
@@ -122,16 +122,6 @@ def _spread(point: dict) -> str:
     return f"({point['speedup_measured_min']:.2f}-{point['speedup_measured_max']:.2f})"
 
 
-def _pool_weight(value: str) -> float:
-    try:
-        w = float(value)
-    except ValueError:
-        w = float("nan")
-    if not (w >= 0 and w != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}")
-    return w
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="movies", help="shipped set (movies, tweets, amazon, nyt) or a CSV/JSONL file")
     p.add_argument("--small-layers", type=int, nargs="+", default=[2],
@@ -181,7 +171,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=DAO_LAM,
                    help=f"weight of DAO's ranking term (default {DAO_LAM:g}; the paper's 0.5 costs the small tier "
                         "accuracy with two labels: cascade_rt.train.DAO_LAM)")
-    p.add_argument("--pool-weight", type=_pool_weight, default=POOL_WEIGHT,
+    p.add_argument("--pool-weight", type=parse_pool_weight, default=POOL_WEIGHT,
                    help="a row that reaches a later tier is classified (and tested against that tier's threshold) "
                         "by the tier's probabilities pooled with the earlier tiers' (log-linear, this weight for "
                         f"the earlier pool, 1 for the tier; default {POOL_WEIGHT:g}); 0: each tier decides alone")

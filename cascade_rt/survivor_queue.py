@@ -13,8 +13,9 @@ Every tier runs through the same pieces as :meth:`CascadeBert.forward_packed` (`
 ``Tier.exit_head``, ``pool_log_probs`` when the model pools, ``ops.scatter_exits``,
 ``ops.compact``); only the grouping of rows into tier runs differs. A pooling cascade's
 waiting rows keep their log-probabilities so far in a buffer beside the outputs, indexed by
-global row id as those are. The host learns each tier run's exit mask (one device read per tier run,
-as the exact-shape forward reads one count per tier boundary).
+global row id as those are (the pool weight is the model's when the stream starts). The host
+learns each tier run's exit mask (one device read per tier run, as the exact-shape forward
+reads one count per tier boundary).
 """
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ class SurvivorQueue:
         self.buf_conf = torch.zeros(0, dtype=torch.float32, device=self.device)
         self.buf_tier = torch.zeros(0, dtype=torch.int64, device=self.device)
         # a pooling cascade's log-probabilities so far, per row (only rows still waiting are read)
+        self.pool_weight = model.pool_weight
         self.buf_pool = torch.zeros((0, C), dtype=torch.float32, device=self.device)
 
     # -- input -------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ class SurvivorQueue:
             self.buf_logits = torch.cat([self.buf_logits, self.buf_logits.new_zeros((B, C))])
             self.buf_conf = torch.cat([self.buf_conf, self.buf_conf.new_zeros(B)])
             self.buf_tier = torch.cat([self.buf_tier, self.buf_tier.new_full((B,), -1)])
-            if self.model.pool_weight:
+            if self.pool_weight:
                 self.buf_pool = torch.cat([self.buf_pool, self.buf_pool.new_zeros((B, C))])
         cu = packed.cu_seqlens.to("cpu", torch.int64).numpy()
         lens = np.diff(cu)
@@ -186,7 +188,7 @@ class SurvivorQueue:
             threshold = 0.0 if last else model.thresholds[i]
             logits, conf, exit_mask = tier.exit_head(cls_hidden, threshold)
             row_index = torch.from_numpy(seg.gids - self.base).to(dev)
-            w = model.pool_weight
+            w = self.pool_weight
             if w and i > 0:
                 logits, conf = pool_log_probs(logits, self.buf_pool[row_index], w)
                 exit_mask = conf >= threshold
@@ -231,7 +233,7 @@ class SurvivorQueue:
             if p.num_rows:
                 self.buf_logits, self.buf_conf, self.buf_tier = (
                     self.buf_logits[hi:], self.buf_conf[hi:], self.buf_tier[hi:])
-                if self.model.pool_weight:
+                if self.pool_weight:
                     self.buf_pool = self.buf_pool[hi:]
                 self.base = p.start + p.num_rows
             yield out

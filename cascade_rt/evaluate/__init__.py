@@ -6,8 +6,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["accuracy", "f1_binary", "ece", "dis", "pooled_stage_probs", "simulate_exits", "row_costs", "search_thresholds",
-           "EQUAL_WITHIN_HELP", "parse_equal_within",
+__all__ = ["accuracy", "f1_binary", "ece", "dis", "pooled_stage_probs", "simulate_exits", "row_costs",
+           "search_thresholds", "EQUAL_WITHIN_HELP", "parse_pool_weight", "parse_equal_within",
            "reliability_bins", "tier_row_costs", "run_batches", "timed_against", "timed_speedup", "timed_speedups"]
 
 
@@ -133,6 +133,18 @@ def parse_equal_within(value: str) -> float | str:
     if not x >= 0:
         raise argparse.ArgumentTypeError(f"must be 'se' or a fraction >= 0, got {value!r}")
     return x
+
+
+def parse_pool_weight(value: str) -> float:
+    """``--pool-weight``: a finite number >= 0 (``CascadeBert(pool_weight=...)``)."""
+    import argparse
+
+    from ..cascade import _check_pool_weight
+
+    try:
+        return _check_pool_weight(float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}") from None
 
 
 def search_thresholds(probs, labels, cum_cost: np.ndarray, full_cost: float, *,

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from . import EQUAL_WITHIN_HELP, parse_equal_within
+from . import EQUAL_WITHIN_HELP, parse_equal_within, parse_pool_weight
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-speedup", type=float, default=None)
     g.add_argument("--max-drop", type=float, default=None, help="accuracy drop allowed, as a fraction (0.01 = 1 point)")
     p.add_argument("--equal-within", type=parse_equal_within, default="se", help=EQUAL_WITHIN_HELP)
-    p.add_argument("--pool-weight", type=float, default=None,
+    p.add_argument("--pool-weight", type=parse_pool_weight, default=None,
                    help="a later tier decides on its probabilities pooled with the earlier tiers' (log-linear; "
                         "this weight for the earlier pool, 1 for the tier); default: a saved cascade's, else 0")
     p.add_argument("--batch", type=int, default=128)
