@@ -85,6 +85,17 @@ def pool_log_probs(logits: torch.Tensor, previous: torch.Tensor, weight: float):
     return z, z.amax(dim=-1).exp()
 
 
+def _pool_step(i: int, weight: float, logits, conf, exit_mask, previous, threshold: float):
+    """One tier's exit decision in a cascade with ``pool_weight=weight`` (the forward and the
+    survivor queue both call it): tier 0 decides on its own logits; a later tier on its
+    probabilities pooled with ``previous``. Returns (logits, conf, exit_mask, the log-probabilities
+    the rows carry to the next tier)."""
+    if i > 0:
+        logits, conf = pool_log_probs(logits, previous, weight)
+        return logits, conf, conf >= threshold, logits
+    return logits, conf, exit_mask, torch.log_softmax(logits, -1)
+
+
 def _named_labels(config) -> dict[int, str] | None:
     """``id2label`` when the config names its labels (not transformers' ``LABEL_<i>`` defaults)."""
     id2label = config.raw.get("id2label")
@@ -335,9 +346,8 @@ class CascadeBert(nn.Module):
                                          first_tokens=True)
                 threshold = 0.0 if last else self.thresholds[i]
                 logits, conf, exit_mask = tier.exit_head(cls_hidden, threshold)
-                if w and i > 0:
-                    logits, conf = pool_log_probs(logits, pool, w)
-                    exit_mask = conf >= threshold
+                if w:
+                    logits, conf, exit_mask, pool = _pool_step(i, w, logits, conf, exit_mask, pool, threshold)
                 if last:
                     exit_mask = torch.ones_like(exit_mask)
                 ops.scatter_exits(exit_mask, row_index, logits, conf, i, out_logits, out_conf, out_tier)
@@ -346,7 +356,7 @@ class CascadeBert(nn.Module):
                 tokens, cu, local, n_kept = ops.compact(exit_mask | (row_index < 0), tokens, cu)
                 row_index = torch.where(local >= 0, row_index[local.clamp(min=0)], local)
                 if w:
-                    pool = (torch.log_softmax(logits, -1) if i == 0 else logits)[local.clamp(min=0)]
+                    pool = pool[local.clamp(min=0)]
                 if trim:
                     n_rows, n_tok = torch.stack([n_kept.to(torch.int64), cu[-1].to(torch.int64)]).tolist()
                     if n_rows == 0:

@@ -14,11 +14,12 @@ results dropped; columns past ``S`` are padding. Outputs are in input row order,
 ``model(input_ids, attention_mask)`` gives them.
 
 What a graph fixes at capture: the thresholds and the pool weight (changing
-``model.thresholds`` or ``model.pool_weight`` afterwards is an error: capture again), the weights' storage (update weights in place, e.g. with
-``load_state_dict``: a replay then computes with the new values, the fused query/key/value
-weight included, since the three parameters view it; never re-assign or move them), and the
-device (capture and replay run under it, whichever device is current). Input values are checked on the device (``torch._assert_async``); a failed
-check aborts the CUDA context, as any device assert does.
+``model.thresholds`` or ``model.pool_weight`` afterwards is an error: capture again), the
+weights' storage (update weights in place, e.g. with ``load_state_dict``: a replay then
+computes with the new values, the fused query/key/value weight included, since the three
+parameters view it; never re-assign or move them), and the device (capture and replay run under
+it, whichever device is current). Input values are checked on the device
+(``torch._assert_async``); a failed check aborts the CUDA context, as any device assert does.
 
 On a CPU model the same object runs the forward eagerly on the same fixed-shape buffers
 (nothing to capture), which keeps the code path testable without a GPU.

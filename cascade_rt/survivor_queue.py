@@ -10,7 +10,7 @@ there, and a batch's :class:`CascadeOutput` is handed back, in input order, once
 have exited.
 
 Every tier runs through the same pieces as :meth:`CascadeBert.forward_packed` (``Tier.encode``,
-``Tier.exit_head``, ``pool_log_probs`` when the model pools, ``ops.scatter_exits``,
+``Tier.exit_head``, the pooling step when the model pools, ``ops.scatter_exits``,
 ``ops.compact``); only the grouping of rows into tier runs differs. A pooling cascade's
 waiting rows keep their log-probabilities so far in a buffer beside the outputs, indexed by
 global row id as those are (the pool weight is the model's when the stream starts). The host
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import ops
-from .cascade import pool_log_probs
+from .cascade import _pool_step
 from .inputs import InputError
 
 __all__ = ["SurvivorQueue", "BATCH_KEYS"]
@@ -189,17 +189,17 @@ class SurvivorQueue:
             logits, conf, exit_mask = tier.exit_head(cls_hidden, threshold)
             row_index = torch.from_numpy(seg.gids - self.base).to(dev)
             w = self.pool_weight
-            if w and i > 0:
-                logits, conf = pool_log_probs(logits, self.buf_pool[row_index], w)
-                exit_mask = conf >= threshold
+            if w:
+                logits, conf, exit_mask, pool = _pool_step(
+                    i, w, logits, conf, exit_mask, self.buf_pool[row_index] if i else None, threshold)
             if last:
                 exit_mask = torch.ones_like(exit_mask)
             ops.scatter_exits(exit_mask, row_index, logits, conf, i, self.buf_logits, self.buf_conf, self.buf_tier)
             exits = np.ones(n, dtype=bool) if last else exit_mask.cpu().numpy()
             if not exits.all():
                 if w:
-                    stay = torch.from_numpy(~exits).to(dev)
-                    self.buf_pool[row_index[stay]] = (torch.log_softmax(logits, -1) if i == 0 else logits)[stay]
+                    stay = ~exit_mask  # on the device already
+                    self.buf_pool[row_index[stay]] = pool[stay]
                 kept, _, _, _ = ops.compact(exit_mask, seg.tokens, cu)
                 keep = ~exits
                 lens = seg.lens[keep]
