@@ -54,6 +54,8 @@ def goals_table(datasets) -> str:
 
 
 def sweep_table(d) -> str:
+    from cascade_rt.demo import single_label
+
     agg = json.loads((RESULTS / f"demo_{d}_aggregate.json").read_text())
     meta = json.loads((RESULTS / f"demo_{d}_meta.json").read_text())
     n = len(meta["seeds"])
@@ -69,7 +71,7 @@ def sweep_table(d) -> str:
     lines = ["| method | target / depth | test acc. (%) | drop (pt) | measured speed-up | analytic | ECE | DIS |",
              "|---|---|---|---|---|---|---|---|"]
     for r in agg["aggregate"]:
-        lab = (f"{r['layers']} layers" if r["method"] == "single"
+        lab = (single_label(r) if r["method"] == "single"
                else "" if r["target_speedup"] is None else f"{r['target_speedup']:.1f}x")
         lines.append(f"| {names[r['method']]} | {lab} | {f(r, 'accuracy', 100, 1)} | {f(r, 'drop', 100, 1)} "
                      f"| {f(r, 'speedup_measured', 1, 2, 'x')} | {f(r, 'speedup_analytic', 1, 2, 'x')} "

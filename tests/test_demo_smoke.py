@@ -99,6 +99,39 @@ def test_demo_runs_end_to_end(tmp_path):
         assert [d.name for d in root.glob("difficulty_*")] == ["difficulty_l1_k2_lr0.0003_e0.5_we_final.json"]
 
 
+def test_demo_small_tiers_from_the_paraphrase_model(tmp_path):
+    """--small-init paraphrase: the small tiers and their difficulty folds start from the
+    shipped paraphrase MiniLM (converted once into the cache), the singles from the final tier,
+    and the no-DAO small tier is scored as a single model of its own."""
+    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--limit", "24", "--large-layers", "2", "--small-layers", "1",
+           "--targets", "2", "--seeds", "0", "--quiet", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"),
+           "--epochs", "0.5", "--small-epochs", "0.5", "--min-steps", "5", "--unlabeled", "none",
+           "--small-init", "paraphrase", "--timing-runs", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    points = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    singles = sorted((p["layers"], p["init"]) for p in points if p["method"] == "single")
+    assert singles == [(1, "final"), (1, "paraphrase")]
+    assert "1 layers, paraphrase" in (tmp_path / "out" / "table.txt").read_text()
+    # the cascades' goals compare them with both singles (the best one at least as fast)
+    agg = json.loads((tmp_path / "out" / "aggregate.json").read_text())
+    assert sorted(r.get("init", "") for r in agg["aggregate"] if r["method"] == "single") == ["final", "paraphrase"]
+    root = next((tmp_path / "c").glob("*_s0_*"))
+    assert (tmp_path / "c" / "paraphrase_minilm_l3" / "model.safetensors").is_file()
+    assert [d.name for d in root.glob("init_paraphrase_l*")] == ["init_paraphrase_l1"]
+    assert {d.name for d in root.glob("small_l1_*")} == {
+        "small_l1_lr0.0003_e0.5_we_paraphrase_ce", "small_l1_lr0.0003_e0.5_we_paraphrase_dao_k2_m0.5_lam0.1",
+        "small_l1_lr0.0003_e0.5_we_final_ce"}
+    assert [d.name for d in root.glob("difficulty_*")] == ["difficulty_l1_k2_lr0.0003_e0.5_we_paraphrase.json"]
+    # the small tiers are the paraphrase model's first layer (its word embeddings differ from the MiniLM's)
+    from safetensors.torch import load_file
+    para = load_file(str(root / "init_paraphrase_l1" / "model.safetensors"))
+    mini = load_file(str(root / "init_l2" / "model.safetensors"))
+    w = "bert.embeddings.word_embeddings.weight"
+    assert para[w].shape == mini[w].shape and not torch.equal(para[w], mini[w])
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["small_init"] == "paraphrase"
+
+
 def _pt(method, acc, sp, seed=0, target=None, layers=None):
     return {"method": method, "accuracy": acc, "speedup_measured": sp, "speedup_analytic": sp, "ece": 0.1,
             "dis": None, "seed": seed, "target_speedup": target, "layers": layers, "thresholds": [],
@@ -124,6 +157,17 @@ def test_aggregate_mean_std_per_method_and_target():
     assert c["speedup_measured_mean"] == pytest.approx(2.0) and c["seeds"] == [0, 1]
     assert rows[("single", None, 2)]["accuracy_mean"] == pytest.approx(0.72)
     assert rows[("single", None, 3)]["seeds"] == [0] and rows[("single", None, 3)]["accuracy_std"] == 0.0
+
+
+def test_aggregate_keeps_singles_of_one_depth_apart_by_start():
+    """Two 2-layer single models, one cut from the final tier and one from the paraphrase model,
+    are two rows (the goals compare a cascade with the better of them)."""
+    pts = [_pt("full", 0.90, 1.0), {**_pt("single", 0.70, 3.0, layers=2), "init": "final"},
+           {**_pt("single", 0.80, 3.1, layers=2), "init": "paraphrase"}, _pt("cascade", 0.85, 2.0, target=2.0)]
+    rows = [r for r in aggregate(pts) if r["method"] == "single"]
+    assert sorted((r["init"], r["accuracy_mean"]) for r in rows) == [("final", 0.70), ("paraphrase", 0.80)]
+    g = goals(pts)["cascade"]["vs_single"]["points"]
+    assert len(g) == 1 and g[0]["single_init"] == "paraphrase" and g[0]["margin"] == pytest.approx(5.0)
 
 
 def test_goals_compare_at_measured_speedups():
@@ -164,6 +208,15 @@ def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
            "--cache", str(tmp_path / "cache")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and msg in res.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_demo_refuses_paraphrase_tiers_deeper_than_the_model(tmp_path):
+    cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--small-init", "paraphrase", "--small-layers", "2", "4",
+           "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "--small-init paraphrase: the paraphrase MiniLM has 3 layers, --small-layers asks for 4" in res.stderr
     assert not (tmp_path / "cache").exists()
 
 
