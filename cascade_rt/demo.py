@@ -547,7 +547,7 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
             # a small model cut from the final tier starts once that is trained (the cut is made in the job)
             cut = small and start == "final"
             init = root / f"init_l{n}_from_{large.name}" if cut else base(n, start if small else "minilm")
-            # the final tier runs alone, with every thread, when the small models start from it:
+            # the final tier runs alone, with every thread, when the small models (or singles) start from it:
             # all but the difficulty folds wait for it, and one worker would otherwise sit idle
             job(name, _job_finetune, init, fit if small else tr, d, cfg_n, easy_file, teach,
                 (large, n, C) if cut else None, features_file=feats,
@@ -572,9 +572,10 @@ def _run_seed(args, seed, splits, tr, dv, te, src, bf16, singles, pool=None, unl
         job("teacher_features", _job_teacher, large, fit, features_file, True, deps=[large.name], cost=2, alone=True)
     diff_file = root / f"difficulty_l{small_layers[0]}_k{args.folds}_{dtag}.json"
     if not diff_file.is_file():
-        job("difficulty", _job_difficulty, base(small_layers[0], "paraphrase" if para else "minilm"), tr, small_cfg, args.folds, {"test": te, "dev": dv},
-            diff_file, teacher_file if args.distill else None, deps=["teacher"] if args.distill else [],
-            cost=2 + small_layers[0])
+        fold_start = "paraphrase" if para else "minilm"
+        job("difficulty", _job_difficulty, base(small_layers[0], fold_start), tr, small_cfg, args.folds,
+            {"test": te, "dev": dv}, diff_file, teacher_file if args.distill else None,
+            deps=["teacher"] if args.distill else [], cost=2 + small_layers[0])
     # the DAO tiers depend on the difficulty labels (folds) and the loss settings too
     dao_tag = f"dao_k{args.folds}_m{args.margin:g}_lam{args.lam:g}"
     dao_cfg = TrainConfig(**{**vars(small_cfg), "dao": True})
