@@ -385,14 +385,29 @@ def paraphrase_encoder(cache: Path) -> Path:
     ONNX file on first use (:func:`cascade_rt.convert_onnx.convert_onnx`)."""
     from .convert_onnx import convert_onnx, shipped_minilm_l3_onnx
 
+    import tempfile
+
     d = Path(cache) / "paraphrase_minilm_l3"
     if not (d / "model.safetensors").is_file():
         try:
             src = shipped_minilm_l3_onnx()
         except FileNotFoundError as e:
             raise SystemExit(f"--small-init paraphrase: {e}") from None
-        with _atomic_output(d) as tmp:
+        # shared by every data set and seed, so runs side by side may convert it at once: each
+        # writes a directory of its own and the first to finish takes the place
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=d.name + ".", suffix=".partial", dir=d.parent))
+        try:
             convert_onnx(src, tmp, shipped_minilm_dir() / "vocab.txt")
+            if d.is_dir() and not (d / "model.safetensors").is_file():
+                shutil.rmtree(d, ignore_errors=True)  # an incomplete directory this step did not write
+            try:
+                os.rename(tmp, d)
+            except OSError:
+                if not (d / "model.safetensors").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return d
 
 

@@ -211,6 +211,27 @@ def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
     assert not (tmp_path / "cache").exists()
 
 
+def test_paraphrase_encoder_converted_once_by_runs_side_by_side(tmp_path):
+    """Runs side by side (several data sets or seeds, --train-only) may convert the shared
+    paraphrase model at once: each gets the whole model, and one directory is left."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from safetensors.torch import load_file
+
+    from cascade_rt.convert_onnx import onnx_to_state_dict, shipped_minilm_l3_onnx
+    from cascade_rt.demo import paraphrase_encoder
+
+    (tmp_path / "paraphrase_minilm_l3").mkdir()  # an incomplete directory (no weights) is replaced
+    with ProcessPoolExecutor(3) as ex:
+        dirs = list(ex.map(paraphrase_encoder, [tmp_path] * 3))
+    assert dirs == [tmp_path / "paraphrase_minilm_l3"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paraphrase_minilm_l3"]
+    got = load_file(str(dirs[0] / "model.safetensors"))
+    want = onnx_to_state_dict(shipped_minilm_l3_onnx())
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert (dirs[0] / "vocab.txt").is_file()
+
+
 def test_demo_refuses_paraphrase_tiers_deeper_than_the_model(tmp_path):
     cmd = [sys.executable, "-m", "cascade_rt.cli", "demo", "--small-init", "paraphrase", "--small-layers", "2", "4",
            "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
