@@ -214,6 +214,7 @@ def test_demo_refuses_bad_settings(tmp_path, flag, value, msg):
 def test_paraphrase_encoder_converted_once_by_runs_side_by_side(tmp_path):
     """Runs side by side (several data sets or seeds, --train-only) may convert the shared
     paraphrase model at once: each gets the whole model, and one directory is left."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from safetensors.torch import load_file
@@ -222,7 +223,8 @@ def test_paraphrase_encoder_converted_once_by_runs_side_by_side(tmp_path):
     from cascade_rt.demo import paraphrase_encoder
 
     (tmp_path / "paraphrase_minilm_l3").mkdir()  # an incomplete directory (no weights) is replaced
-    with ProcessPoolExecutor(3) as ex:
+    # spawned, not forked: a fork of a process whose torch thread pools have run can hang
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as ex:
         dirs = list(ex.map(paraphrase_encoder, [tmp_path] * 3))
     assert dirs == [tmp_path / "paraphrase_minilm_l3"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paraphrase_minilm_l3"]
