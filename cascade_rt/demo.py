@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -384,8 +385,6 @@ def paraphrase_encoder(cache: Path) -> Path:
     the MiniLM's vocabulary) as a ``BertModel`` directory under ``cache``, converted from its
     ONNX file on first use (:func:`cascade_rt.convert_onnx.convert_onnx`)."""
     from .convert_onnx import convert_onnx, shipped_minilm_l3_onnx
-
-    import tempfile
 
     d = Path(cache) / "paraphrase_minilm_l3"
     if not (d / "model.safetensors").is_file():
@@ -776,7 +775,7 @@ def _label(p: dict) -> str:
 def _table(points: list[dict]) -> str:
     """One seed's sweep: a line per point."""
     full = next(p["accuracy"] for p in points if p["method"] == "full")
-    w = max(9, *(len(_label(p)) for p in points))
+    w = max([9, *(len(_label(p)) for p in points)])
     lines = [f"{'method':<15} {'target':>{w}} {'thresholds':<18} {'acc':>6} {'drop':>6} {'ECE':>6} {'DIS':>6} "
              f"{'sp_an':>6} {'sp_meas':>7} {'(min-max)':>11}  rows per tier"]
     for p in points:
@@ -1029,7 +1028,7 @@ def _aggregate_table(agg: list[dict], n_seeds: int) -> str:
             return "-"
         return f"{m * scale:{fmt}}" + (f"+-{s * scale:{fmt}}" if pm else "")
 
-    w = max(9, *(len(single_label(r)) for r in agg if r["method"] == "single"), 0)
+    w = max([9, *(len(single_label(r)) for r in agg if r["method"] == "single")])
     lines = [f"{'method':<15} {'target':>{w}} {'acc (%)':>12} {'drop (pt)':>11} {'sp_meas':>11} {'sp_an':>11} "
              f"{'ECE':>13} {'DIS':>13}" + (f"   (mean+-std over {n_seeds} seeds)" if pm else "")]
     for r in agg:
@@ -1062,7 +1061,8 @@ def _plot(agg, reliab, path, reliability_bins, large_layers: int) -> None:
                     ls="none" if m == "single" else "-", capsize=2)
         if m == "single":
             for r, x, y in zip(pts, xs, ys):
-                ax.annotate(f"{r['layers']}L" + ("p" if r.get("init") == "paraphrase" else ""), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+                tag = f"{r['layers']}L" + ("p" if r.get("init") == "paraphrase" else "")
+                ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.plot([r["speedup_analytic_mean"] for r in pts], ys, marker=mk, color=col, ls=":", alpha=0.5, mfc="none")
     n = max(len(r["seeds"]) for r in agg)
     ax.set_xlabel(f"speed-up over the {large_layers}-layer tier (solid: measured, dotted: analytic)")
