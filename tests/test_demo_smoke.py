@@ -1,8 +1,10 @@
 """The main job end to end on a few rows (real data, real weights, tiny training), and its
 summaries (aggregate over seeds, the issue's goals) on sweeps built by hand."""
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -232,6 +234,22 @@ def test_paraphrase_encoder_converted_once_by_runs_side_by_side(tmp_path):
     want = onnx_to_state_dict(shipped_minilm_l3_onnx())
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert (dirs[0] / "vocab.txt").is_file()
+
+
+def test_paraphrase_encoder_sweeps_directories_of_killed_runs(tmp_path):
+    """A conversion killed outright leaves its directory; the next conversion removes those
+    older than STALE_PARTIAL_S and leaves a live run's (a recent one) alone."""
+    from cascade_rt.demo import STALE_PARTIAL_S, paraphrase_encoder
+
+    stale, live = tmp_path / "paraphrase_minilm_l3.dead.partial", tmp_path / "paraphrase_minilm_l3.live.partial"
+    for p in (stale, live):
+        p.mkdir()
+        (p / "model.safetensors").write_bytes(b"half")
+    old = time.time() - STALE_PARTIAL_S - 60
+    os.utime(stale, (old, old))
+    d = paraphrase_encoder(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, d.name])
+    assert (d / "model.safetensors").stat().st_size > 1_000_000
 
 
 def test_demo_refuses_paraphrase_tiers_deeper_than_the_model(tmp_path):
