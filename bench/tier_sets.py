@@ -20,13 +20,28 @@ against the demo's, made ``bench/results/tier_sets_paraphrase.{jsonl,txt}``::
     for s in movies amazon nyt; do
       if [ $s = movies ]; then tag=; else tag=_T2_ushipped_fd1; fi
       for w in 0 1; do
-        .venv/bin/python bench/tier_sets.py --data $s --runs $C/${s}_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \
-          --model-pattern small_l{}_lr0.0003_e2_we_final${tag}_ce \
-          --dao small_l2_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam0.1 \
-          --tier 2p=small_l2_lr0.0003_e2_we_paraphrase${tag}_ce --single 2p \
-          --tier 2pd=small_l2_lr0.0003_e2_we_paraphrase${tag}_dao_k2_m0.5_lam0.1 \
+        .venv/bin/python bench/tier_sets.py --data $s --runs $C/${s}_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \\
+          --model-pattern small_l{}_lr0.0003_e2_we_final${tag}_ce \\
+          --dao small_l2_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam0.1 \\
+          --tier 2p=small_l2_lr0.0003_e2_we_paraphrase${tag}_ce --single 2p \\
+          --tier 2pd=small_l2_lr0.0003_e2_we_paraphrase${tag}_dao_k2_m0.5_lam0.1 \\
           --sets 2+6 2d+6 2p+6 2pd+6 --pool-weight $w --out bench/results/tier_sets_paraphrase.jsonl
       done
+    done
+
+A 1-layer first tier (``cascade-rt demo --data <set> --seeds 0 1 2 --small-layers 1
+--train-only``; on movies ``--small-layers 1 4`` also trained the 4-layer DAO tier) made
+``bench/results/tier_sets_l1.{jsonl,txt}`` (amazon and nyt without ``--tier 4d`` and its set)::
+
+    C=~/.cache/cascade_rt/demo
+    for s in movies amazon nyt; do
+      if [ $s = movies ]; then tag=; else tag=_T2_ushipped_fd1; fi
+      .venv/bin/python bench/tier_sets.py --data $s --runs $C/${s}_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \\
+        --model-pattern small_l{}_lr0.0003_e2_we_final${tag}_ce \\
+        --dao small_l2_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam0.1 \\
+        --tier 1=small_l1_lr0.0003_e2_we_final${tag}_ce --tier 1d=small_l1_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam0.1 \\
+        --tier 4d=small_l4_lr0.0003_e2_we_final${tag}_dao_k2_m0.5_lam0.1 \\
+        --sets 2+6 2d+6 1+6 1d+6 1+2+6 1+4+6 1d+4d+6 --out bench/results/tier_sets_l1.jsonl
     done
 
 Models come from ``cascade-rt demo``'s cache, as in ``bench/threshold_rule.py``. Made the
