@@ -228,8 +228,9 @@ def write_result(name: str, device: torch.device, config: dict, results: list[di
     return path
 
 
-def demo_dev_split(data: str, max_len: int = 64):
-    """A shipped set's dev split, tokenized as ``cascade-rt demo`` does (the default split)."""
+def demo_dev_split(data: str, max_len: int = 64, split: str = "dev"):
+    """A shipped set's dev split (or ``split``: "test"), tokenized as ``cascade-rt demo`` does
+    (the default split)."""
     from transformers import BertTokenizer
 
     from cascade_rt.data import load_dataset
@@ -237,7 +238,7 @@ def demo_dev_split(data: str, max_len: int = 64):
     from cascade_rt.train import encode
 
     tok = BertTokenizer(vocab=str(shipped_minilm_dir() / "vocab.txt"))
-    return encode(tok, load_dataset(data).dev, max_len)
+    return encode(tok, getattr(load_dataset(data), split), max_len)
 
 
 def cached_tier(path: Path, dev):

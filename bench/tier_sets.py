@@ -44,6 +44,17 @@ A 1-layer first tier (``cascade-rt demo --data <set> --seeds 0 1 2 --small-layer
         --sets 2+6 2d+6 1+6 1d+6 1+2+6 1+4+6 1d+4d+6 --out bench/results/tier_sets_l1.jsonl
     done
 
+The demo's final tier against one trained two more epochs with the single models' recipe
+(``stage2_l6_lr0.0003_e2_we``, trained as ``bench/tier_accuracy.py``'s docstring shows; the
+small tiers and singles unchanged) made ``bench/results/tier_sets_stage2.{jsonl,txt}``::
+
+    C=~/.cache/cascade_rt/demo
+    for L in large_l6_lr0.0001 stage2_l6_lr0.0003_e2_we; do
+      .venv/bin/python bench/tier_sets.py --data movies --runs $C/movies_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \
+        --model-pattern small_l{}_lr0.0003_e2_we_final_ce --dao small_l2_lr0.0003_e2_we_final_dao_k2_m0.5_lam0.1 \
+        --large $L --sets 2+6 2d+6 2+4+6 --out bench/results/tier_sets_stage2.jsonl
+    done
+
 Models come from ``cascade-rt demo``'s cache, as in ``bench/threshold_rule.py``. Made the
 committed ``bench/results/tier_sets.jsonl`` (after ``cascade-rt demo --data <set> --seeds
 0 1 2`` with the defaults of 7db4ebe, when DAO's weight was 0.5)::
@@ -69,6 +80,7 @@ import numpy as np
 # tier sets by depth; "2d" is the 2-layer DAO tier; 6 is the final tier
 SETS = [("2", "6"), ("2", "4", "6"), ("2", "3", "6"), ("3", "6"), ("2d", "6"), ("2d", "4", "6")]
 SINGLES = ("2", "3", "4")
+LARGE = "large_l6_lr0.0001"  # the demo's final tier
 
 
 def evaluate(probs, cost, labels, targets, halvings, seed=0, sets=SETS, singles=SINGLES, pool_weight=0.0):
@@ -114,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-pattern", required=True,
                     help="directory name of the k-layer no-DAO models, '{}' standing for k (2, 3, 4)")
     ap.add_argument("--dao", help="directory name of the 2-layer DAO tier")
-    ap.add_argument("--large", default="large_l6_lr0.0001")
+    ap.add_argument("--large", default=LARGE, help="directory name of the final tier")
     ap.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 2.2, 2.5, 3.0])
     ap.add_argument("--halvings", type=int, default=20)
     ap.add_argument("--tier", action="append", default=[], metavar="NAME=DIR",
@@ -162,6 +174,8 @@ def main(argv=None) -> int:
                "commit": source_commit(), "sets": {}}
         if named or args.pool_weight:
             rec |= {"tiers": named, "singles": list(singles), "pool_weight": args.pool_weight}
+        if args.large != LARGE:
+            rec["large"] = args.large
         for tiers, v in res.items():
             v = np.array(v, dtype=float)
             name = "+".join(tiers)
@@ -177,7 +191,8 @@ def main(argv=None) -> int:
     print(f"\n{args.data}: dev halves ({len(labels) // 2} rows), {args.halvings} halvings x {len(args.runs)} runs; "
           "points ('2d': the 2-layer DAO tier" + "".join(f"; {k}: {d}" for k, d in named.items())
           + (f"; singles {', '.join(singles)}" if args.single else "")
-          + (f"; pool weight {args.pool_weight:g}" if args.pool_weight else "") + ")")
+          + (f"; pool weight {args.pool_weight:g}" if args.pool_weight else "")
+          + (f"; final tier {args.large}" if args.large != LARGE else "") + ")")
     print(f"{'tiers (layers)':16s} {'below final at >= 2x':>22s} {'worst margin over a single, 1.5-2.5x':>38s}")
     for name, vs in pooled.items():
         v = np.concatenate(vs)
