@@ -389,6 +389,14 @@ def paraphrase_encoder(cache: Path) -> Path:
     from .convert_onnx import convert_onnx, shipped_minilm_l3_onnx
 
     d = Path(cache) / "paraphrase_minilm_l3"
+    # a run killed while converting leaves its directory behind; the conversion takes about a
+    # second, so one untouched for an hour belongs to no live run
+    for old in d.parent.glob(d.name + ".*.partial"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_PARTIAL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another run swept or renamed it just now
+            pass
     if not (d / "model.safetensors").is_file():
         try:
             src = shipped_minilm_l3_onnx()
@@ -397,14 +405,6 @@ def paraphrase_encoder(cache: Path) -> Path:
         # shared by every data set and seed, so runs side by side may convert it at once: each
         # writes a directory of its own and the first to finish takes the place
         d.parent.mkdir(parents=True, exist_ok=True)
-        # a run killed while converting leaves its directory behind; the conversion takes about
-        # a second, so one untouched for an hour belongs to no live run
-        for old in d.parent.glob(d.name + ".*.partial"):
-            try:
-                if time.time() - old.stat().st_mtime > STALE_PARTIAL_S:
-                    shutil.rmtree(old, ignore_errors=True)
-            except FileNotFoundError:  # another run swept or renamed it just now
-                pass
         tmp = Path(tempfile.mkdtemp(prefix=d.name + ".", suffix=".partial", dir=d.parent))
         try:
             convert_onnx(src, tmp, shipped_minilm_dir() / "vocab.txt")

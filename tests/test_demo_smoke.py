@@ -250,6 +250,10 @@ def test_paraphrase_encoder_sweeps_directories_of_killed_runs(tmp_path):
     d = paraphrase_encoder(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, d.name])
     assert (d / "model.safetensors").stat().st_size > 1_000_000
+    # swept too where the model is already there (no conversion runs)
+    os.utime(live, (old, old))
+    assert paraphrase_encoder(tmp_path) == d
+    assert sorted(p.name for p in tmp_path.iterdir()) == [d.name]
 
 
 def test_demo_refuses_paraphrase_tiers_deeper_than_the_model(tmp_path):
