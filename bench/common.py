@@ -241,6 +241,15 @@ def demo_dev_split(data: str, max_len: int = 64, split: str = "dev"):
     return encode(tok, getattr(load_dataset(data), split), max_len)
 
 
+def name_dir(text: str, flag: str, error, reserved=()) -> tuple[str, str]:
+    """A ``NAME=DIR`` command-line value as (name, dir); ``error`` (e.g. an argument parser's)
+    gets one message naming ``flag`` where it is not one, or where NAME is one of ``reserved``."""
+    name, sep, d = text.partition("=")
+    if not sep or not name or not d or name in reserved:
+        error(f"{flag} takes NAME=DIR" + (" with a new name" if reserved else "") + f", got {text!r}")
+    return name, d
+
+
 def cached_tier(path: Path, dev):
     """A tier ``cascade-rt demo`` trained and cached at ``path``: (tier, its dev probabilities
     (N, C) float32, its FLOPs per dev row (N,)). One clear error where no model is there."""

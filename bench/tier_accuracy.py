@@ -51,16 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import cached_tier, demo_dev_split
+    from common import cached_tier, demo_dev_split, name_dir
     from cascade_rt.info import cpu_name, source_commit
     from cascade_rt.train import predict_probs
 
-    models = []
-    for m in args.model:
-        name, sep, d = m.partition("=")
-        if not sep or not name or not d:
-            ap.error(f"--model takes NAME=DIR, got {m!r}")
-        models.append((name, d))
+    models = [name_dir(m, "--model", ap.error) for m in args.model]
     splits = {s: demo_dev_split(args.data, args.max_len, s) for s in ("dev", "test")}
     labels = {s: np.array(x.labels) for s, x in splits.items()}
     ref = models[0][0]
@@ -68,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         right = {}
         for name, d in models:
-            tier = cached_tier(Path(run) / d, splits["dev"])[0]
-            right[name] = {s: predict_probs(tier, x).argmax(-1).numpy() == labels[s] for s, x in splits.items()}
+            tier, dev_probs, _ = cached_tier(Path(run) / d, splits["dev"])
+            right[name] = {"dev": dev_probs.argmax(-1).numpy() == labels["dev"],
+                           "test": predict_probs(tier, splits["test"]).argmax(-1).numpy() == labels["test"]}
         rec = {"data": args.data, "run": Path(run).name, "commit": source_commit(), "cpu": cpu_name(),
                "rows": {s: len(v) for s, v in labels.items()}, "models": dict(models), "reference": ref,
                "accuracy": {n: {s: 100 * float(r[s].mean()) for s in r} for n, r in right.items()},

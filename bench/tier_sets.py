@@ -50,8 +50,8 @@ small tiers and singles unchanged) made ``bench/results/tier_sets_stage2.{jsonl,
 
     C=~/.cache/cascade_rt/demo
     for L in large_l6_lr0.0001 stage2_l6_lr0.0003_e2_we; do
-      .venv/bin/python bench/tier_sets.py --data movies --runs $C/movies_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \
-        --model-pattern small_l{}_lr0.0003_e2_we_final_ce --dao small_l2_lr0.0003_e2_we_final_dao_k2_m0.5_lam0.1 \
+      .venv/bin/python bench/tier_sets.py --data movies --runs $C/movies_s{0,1,2}_len64_e2_fw_t2_bf16_ms500 \\
+        --model-pattern small_l{}_lr0.0003_e2_we_final_ce --dao small_l2_lr0.0003_e2_we_final_dao_k2_m0.5_lam0.1 \\
         --large $L --sets 2+6 2d+6 2+4+6 --out bench/results/tier_sets_stage2.jsonl
     done
 
@@ -141,15 +141,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import cached_tier, demo_dev_split
+    from common import cached_tier, demo_dev_split, name_dir
     from cascade_rt.info import source_commit
 
-    named = {}
-    for t in args.tier:
-        name, sep, d = t.partition("=")
-        if not sep or not name or not d or name in (*SINGLES, "2d", "6"):
-            raise SystemExit(f"--tier: NAME=DIR with a new name, got {t!r}")
-        named[name] = d
+    named = dict(name_dir(t, "--tier", ap.error, reserved=(*SINGLES, "2d", "6")) for t in args.tier)
     sets = SETS if args.sets is None else [tuple(s.split("+")) for s in args.sets]
     known = {*SINGLES, "6", *named, *(["2d"] if args.dao else [])}
     bad = [n for s in sets for n in s if n not in known] + [n for n in args.single if n not in named]

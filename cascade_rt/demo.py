@@ -1038,13 +1038,11 @@ def _aggregate_table(agg: list[dict], n_seeds: int) -> str:
             return "-"
         return f"{m * scale:{fmt}}" + (f"+-{s * scale:{fmt}}" if pm else "")
 
-    w = max([9, *(len(single_label(r)) for r in agg if r["method"] == "single")])
+    w = max([9, *(len(_label(r)) for r in agg)])
     lines = [f"{'method':<15} {'target':>{w}} {'acc (%)':>12} {'drop (pt)':>11} {'sp_meas':>11} {'sp_an':>11} "
              f"{'ECE':>13} {'DIS':>13}" + (f"   (mean+-std over {n_seeds} seeds)" if pm else "")]
     for r in agg:
-        lab = single_label(r) if r["method"] == "single" else (
-            "-" if r["target_speedup"] is None else f"{r['target_speedup']:.1f}x")
-        lines.append(f"{r['method']:<15} {lab:>{w}} {f(r, 'accuracy', 100, '.1f'):>12} {f(r, 'drop', 100, '.1f'):>11} "
+        lines.append(f"{r['method']:<15} {_label(r):>{w}} {f(r, 'accuracy', 100, '.1f'):>12} {f(r, 'drop', 100, '.1f'):>11} "
                      f"{f(r, 'speedup_measured', 1, '.2f'):>11} {f(r, 'speedup_analytic', 1, '.2f'):>11} "
                      f"{f(r, 'ece'):>13} {f(r, 'dis'):>13}")
     return "\n".join(lines)
