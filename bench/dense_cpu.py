@@ -11,11 +11,21 @@ each way's speed-up over ATen. One weight at a time stays in the caches here; in
 forward at batch 1 the weights stream from memory (``bench/e2e_vs_ort.py`` times that). Writes
 ``bench/results/dense_cpu.json``.
 
+``--isa avx2`` holds every path to AVX2 on an AVX-512 CPU, a stand-in for a CPU without AVX-512:
+the bench runs itself again with ATen, MKL and oneDNN capped (``ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2``) and the panel kernel on its AVX2 tiles
+(``CASCADE_RT_PANEL_ISA=avx2``, which such a CPU only gets on request), and writes
+``bench/results/dense_avx2_cpu.json``. The panel column's ``/packed`` ratio is the one that
+decides whether AVX2 CPUs should get panels by default.
+
     .venv/bin/python bench/dense_cpu.py --threads 2
+    .venv/bin/python bench/dense_cpu.py --threads 2 --isa avx2
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +37,9 @@ import common  # noqa: E402
 from cascade_rt.dense import dense, panel_pack, panel_width, prepack, set_onednn  # noqa: E402
 
 WIDTHS = {"minilm": 384, "bert-base": 768}
+# read when the libraries load, so --isa avx2 runs the bench again in a child process
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "CASCADE_RT_PANEL_ISA": "avx2"}
 ROWS = (1, 2, 4, 10, 32, 128, 512, 2000, 6000)
 
 
@@ -42,20 +55,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=tuple(WIDTHS), default=list(WIDTHS))
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: every path held to AVX2 (a stand-in for a CPU without AVX-512)")
     args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        return subprocess.call([sys.executable, __file__, *argv], env={**os.environ, **AVX2_ENV})
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     common.warn_if_loaded(device)
+    if args.isa == "avx2" and (torch.backends.cpu.get_cpu_capability() != "AVX2" or panel_width() != 16):
+        p.error(f"--isa avx2: ATen runs {torch.backends.cpu.get_cpu_capability()}, the panel width is "
+                f"{panel_width()} (AVX2 tiles: 16); this CPU lacks AVX2 and FMA")
 
     def run(onednn: bool, x, w, b, act):
         set_onednn(onednn)
         return dense(x, w, b, act)
 
     results = []
-    print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32")
+    isa = "AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")" if args.isa == "avx2" else "native"
+    print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32, ISA {isa}")
     print(f"{'model':<10}{'layer':<14}{'rows':>6}{'aten GF/s':>11}{'oneDNN GF/s':>13}{'ratio':>8}"
-          f"{'packed GF/s':>13}{'ratio':>8}{'panel GF/s':>12}{'ratio':>8}")
+          f"{'packed GF/s':>13}{'ratio':>8}{'panel GF/s':>12}{'ratio':>8}{'/packed':>9}")
     try:
         for model in args.models:
             for name, k, n, act in layers(WIDTHS[model]):
@@ -86,16 +108,18 @@ def main(argv: list[str] | None = None) -> int:
                                  panel_speedup=t["aten"]["median"] / t["panel"]["median"],
                                  panel_over_packed=t["packed"]["median"] / t["panel"]["median"])
                     results.append(r)
-                    panel = (f"{r['panel_gflops']:>12.1f}{r['panel_speedup']:>7.2f}x" if wq is not None
-                             else f"{'-':>12}{'-':>8}")
+                    panel = (f"{r['panel_gflops']:>12.1f}{r['panel_speedup']:>7.2f}x{r['panel_over_packed']:>8.2f}x"
+                             if wq is not None else f"{'-':>12}{'-':>8}{'-':>9}")
                     print(f"{model:<10}{name:<14}{m:>6}{r['aten_gflops']:>11.1f}{r['onednn_gflops']:>13.1f}"
                           f"{r['speedup']:>7.2f}x{r['packed_gflops']:>13.1f}{r['packed_speedup']:>7.2f}x{panel}",
                           flush=True)
     finally:
         set_onednn(True)
     cfg = {"rows": args.rows, "models": args.models, "runs": args.runs, "dtype": "float32",
-           "timing": "median of interleaved runs", "baseline": "F.linear + activation (ATen, MKL sgemm)"}
-    path = common.write_result("dense", device, cfg, results, Path(args.out_dir))
+           "timing": "median of interleaved runs", "baseline": "F.linear + activation (ATen, MKL sgemm)",
+           "isa": args.isa, "isa_env": AVX2_ENV if args.isa == "avx2" else {}}
+    name = "dense" if args.isa == "native" else "dense_avx2"
+    path = common.write_result(name, device, cfg, results, Path(args.out_dir))
     print(f"wrote {path}")
     return 0
 
