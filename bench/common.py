@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -215,6 +217,34 @@ def random_padded_batch(batch: int, max_len: int, mean_frac: float, *, vocab: in
     mask = (col[None, :] < lens[:, None]).to(torch.int64)
     ids = ids * mask
     return ids.to(device), mask.to(device), lens.tolist()
+
+
+#: read when ATen, MKL, oneDNN and the native extension load: every CPU path held to AVX2 on an
+#: AVX-512 CPU (a stand-in for a CPU without AVX-512), the panel kernel on its AVX2 tiles
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "CASCADE_RT_PANEL_ISA": "avx2"}
+
+
+def rerun_held_to_avx2(script: str, argv: list[str] | None) -> int | None:
+    """For a bench's ``--isa avx2``: unless this process already runs under :data:`AVX2_ENV`,
+    run ``script`` again with the same arguments in a child process that does, and return its
+    exit status; ``None`` where this process is that child (go on)."""
+    if all(os.environ.get(k) == v for k, v in AVX2_ENV.items()):
+        return None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return subprocess.call([sys.executable, script, *argv], env={**os.environ, **AVX2_ENV})
+
+
+def check_held_to_avx2(error) -> str:
+    """In a :func:`rerun_held_to_avx2` child: call ``error`` (e.g. an argument parser's) unless
+    ATen and the panel kernel really run AVX2; else return a line naming the caps."""
+    from cascade_rt.dense import panel_width
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap != "AVX2" or panel_width() != 16:
+        error(f"--isa avx2: ATen runs {cap}, the panel width is {panel_width()} (AVX2 tiles: 16); "
+              f"this CPU lacks AVX2 and FMA")
+    return "AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")"
 
 
 def write_result(name: str, device: torch.device, config: dict, results: list[dict],

@@ -24,8 +24,6 @@ decides whether AVX2 CPUs should get panels by default.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,9 +35,6 @@ import common  # noqa: E402
 from cascade_rt.dense import dense, panel_pack, panel_width, prepack, set_onednn  # noqa: E402
 
 WIDTHS = {"minilm": 384, "bert-base": 768}
-# read when the libraries load, so --isa avx2 runs the bench again in a child process
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-            "CASCADE_RT_PANEL_ISA": "avx2"}
 ROWS = (1, 2, 4, 10, 32, 128, 512, 2000, 6000)
 
 
@@ -58,23 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--isa", choices=("native", "avx2"), default="native",
                    help="avx2: every path held to AVX2 (a stand-in for a CPU without AVX-512)")
     args = p.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        return subprocess.call([sys.executable, __file__, *argv], env={**os.environ, **AVX2_ENV})
+    if args.isa == "avx2" and (rc := common.rerun_held_to_avx2(__file__, argv)) is not None:
+        return rc
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     common.warn_if_loaded(device)
-    if args.isa == "avx2" and (torch.backends.cpu.get_cpu_capability() != "AVX2" or panel_width() != 16):
-        p.error(f"--isa avx2: ATen runs {torch.backends.cpu.get_cpu_capability()}, the panel width is "
-                f"{panel_width()} (AVX2 tiles: 16); this CPU lacks AVX2 and FMA")
+    isa = common.check_held_to_avx2(p.error) if args.isa == "avx2" else "native"
 
     def run(onednn: bool, x, w, b, act):
         set_onednn(onednn)
         return dense(x, w, b, act)
 
     results = []
-    isa = "AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")" if args.isa == "avx2" else "native"
     print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32, ISA {isa}")
     print(f"{'model':<10}{'layer':<14}{'rows':>6}{'aten GF/s':>11}{'oneDNN GF/s':>13}{'ratio':>8}"
           f"{'packed GF/s':>13}{'ratio':>8}{'panel GF/s':>12}{'ratio':>8}{'/packed':>9}")
@@ -117,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         set_onednn(True)
     cfg = {"rows": args.rows, "models": args.models, "runs": args.runs, "dtype": "float32",
            "timing": "median of interleaved runs", "baseline": "F.linear + activation (ATen, MKL sgemm)",
-           "isa": args.isa, "isa_env": AVX2_ENV if args.isa == "avx2" else {}}
+           "isa": args.isa, "isa_env": common.AVX2_ENV if args.isa == "avx2" else {}}
     name = "dense" if args.isa == "native" else "dense_avx2"
     path = common.write_result(name, device, cfg, results, Path(args.out_dir))
     print(f"wrote {path}")
