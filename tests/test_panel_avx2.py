@@ -47,3 +47,23 @@ def test_avx2_kernels_in_a_subprocess():
     assert out.returncode == 0 and "avx2 ok" in out.stdout, out.stderr[-3000:]
 
 
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="no AVX2 on this CPU")
+def test_panel_layout_bench_held_to_avx2(tmp_path):
+    """``bench/panel_layout.py --isa avx2`` (what decides the AVX2 default) runs itself again
+    held to AVX2, checks that the caps took, that a tier's logits agree on both layouts, and
+    writes its record."""
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "panel_layout.py"
+    out = subprocess.run([sys.executable, str(bench), "--isa", "avx2", "--models", "minilm", "--rounds", "1",
+                          "--block-s", "0", "--threads", "1", "--out-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads((tmp_path / "panel_layout_avx2_cpu.json").read_text())
+    assert rec["config"]["isa_env"]["CASCADE_RT_PANEL_ISA"] == "avx2"
+    assert [(r["rows"], r["tokens"] if r["rows"] == 1 else None) for r in rec["results"]] == \
+        [(1, 10), (1, 32), (1, 128), (48, None)]
+    assert all(r["max_abs_logit_diff"] <= 1e-4 and r["onednn_ms"] > 0 and r["panel_ms"] > 0
+               for r in rec["results"])
