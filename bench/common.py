@@ -225,25 +225,34 @@ AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "O
             "CASCADE_RT_PANEL_ISA": "avx2"}
 
 
-def rerun_held_to_avx2(script: str, argv: list[str] | None) -> int | None:
-    """For a bench's ``--isa avx2``: unless this process already runs under :data:`AVX2_ENV`,
-    run ``script`` again with the same arguments in a child process that does, and return its
-    exit status; ``None`` where this process is that child (go on)."""
-    if all(os.environ.get(k) == v for k, v in AVX2_ENV.items()):
-        return None
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return subprocess.call([sys.executable, script, *argv], env={**os.environ, **AVX2_ENV})
+def add_isa_flag(p) -> None:
+    """``--isa {native,avx2}`` on an argument parser (see :func:`start_cpu_bench`)."""
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: every path held to AVX2 (a stand-in for a CPU without AVX-512)")
 
 
-def check_held_to_avx2(error) -> str:
-    """In a :func:`rerun_held_to_avx2` child: call ``error`` (e.g. an argument parser's) unless
-    ATen and the panel kernel really run AVX2; else return a line naming the caps."""
+def start_cpu_bench(p, args, argv: list[str] | None, script: str) -> str:
+    """The start of a CPU bench with :func:`add_isa_flag`'s ``--isa``; returns a line naming the
+    ISA it runs.
+
+    ``--isa avx2``, unless this process already runs under :data:`AVX2_ENV`: runs ``script``
+    again with the same arguments in a child process that does and exits with its status (the
+    caps are read when the libraries load). In that child, ``p.error`` unless ATen and the
+    panel kernel really run AVX2. Then ``--threads`` (where given) and the load warning."""
+    if args.isa == "avx2" and not all(os.environ.get(k) == v for k, v in AVX2_ENV.items()):
+        argv = sys.argv[1:] if argv is None else list(argv)
+        raise SystemExit(subprocess.call([sys.executable, script, *argv], env={**os.environ, **AVX2_ENV}))
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    warn_if_loaded(torch.device("cpu"))
+    if args.isa == "native":
+        return "native"
     from cascade_rt.dense import panel_width
 
     cap = torch.backends.cpu.get_cpu_capability()
     if cap != "AVX2" or panel_width() != 16:
-        error(f"--isa avx2: ATen runs {cap}, the panel width is {panel_width()} (AVX2 tiles: 16); "
-              f"this CPU lacks AVX2 and FMA")
+        p.error(f"--isa avx2: ATen runs {cap}, the panel width is {panel_width()} (AVX2 tiles: 16); "
+                f"this CPU lacks AVX2 and FMA")
     return "AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")"
 
 

@@ -50,16 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=tuple(WIDTHS), default=list(WIDTHS))
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
-    p.add_argument("--isa", choices=("native", "avx2"), default="native",
-                   help="avx2: every path held to AVX2 (a stand-in for a CPU without AVX-512)")
+    common.add_isa_flag(p)
     args = p.parse_args(argv)
-    if args.isa == "avx2" and (rc := common.rerun_held_to_avx2(__file__, argv)) is not None:
-        return rc
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    isa = common.start_cpu_bench(p, args, argv, __file__)
     device = torch.device("cpu")
-    common.warn_if_loaded(device)
-    isa = common.check_held_to_avx2(p.error) if args.isa == "avx2" else "native"
 
     def run(onednn: bool, x, w, b, act):
         set_onednn(onednn)

@@ -59,17 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--rounds", type=int, default=9, help="timed blocks per layout and case")
     p.add_argument("--block-s", type=float, default=0.25, help="about this long per block")
-    p.add_argument("--isa", choices=("native", "avx2"), default="native",
-                   help="avx2: every path held to AVX2 (a stand-in for a CPU without AVX-512)")
+    common.add_isa_flag(p)
     p.add_argument("--out-dir", default=str(common.RESULTS_DIR))
     args = p.parse_args(argv)
-    if args.isa == "avx2" and (rc := common.rerun_held_to_avx2(__file__, argv)) is not None:
-        return rc
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    isa = common.start_cpu_bench(p, args, argv, __file__)
     device = torch.device("cpu")
-    common.warn_if_loaded(device)
-    isa = common.check_held_to_avx2(p.error) if args.isa == "avx2" else "native"
     if panel_width() == 0:
         p.error("the panel kernel is not offered on this CPU (no AVX-512; try --isa avx2 on an AVX2 CPU)")
     print(f"{common.device_name(device)}, {torch.get_num_threads()} thread(s), fp32, ISA {isa}")
