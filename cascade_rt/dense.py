@@ -80,8 +80,8 @@ def panel_enabled() -> bool:
 
 def panel_width() -> int:
     """Output columns per panel of :func:`panel_pack` in this process: 32 with AVX-512; 16 with
-    ``CASCADE_RT_PANEL_ISA=avx2`` on a CPU with AVX2 and FMA (opt-in: measured on Zen 4 behind
-    oneDNN's AVX2 GEMM from 32 rows up, on a Xeon held to AVX2 ahead of it; ``bench/panel_layout.py
+    ``CASCADE_RT_PANEL_ISA=avx2`` on a CPU with AVX2 and FMA (opt-in: measured on one AMD EPYC
+    behind oneDNN's AVX2 GEMM from 32 rows up, on a Xeon held to AVX2 ahead of it; ``bench/panel_layout.py
     --isa avx2``); 0 where the panel kernel is not offered (no native build)."""
     global _panel_width
     if _panel_width is None:

@@ -325,9 +325,9 @@ void panel_rows(const TileFn* tiles, int mr, const float* x, int64_t M, int64_t 
 int64_t panel_width() {
 #ifdef CASCADE_RT_PANEL_X86
   // AVX-512: offered. AVX2 only: not by default; its 6 x 16 tile ran at about half of oneDNN's
-  // AVX2 GEMM from 32 rows up on Zen 4 (ONEDNN_MAX_CPU_ISA=AVX2; ahead at 1-10 rows), while on
-  // a Xeon held to AVX2 it ran ahead from 1 to 32 rows, level above (bench/panel_layout.py
-  // --isa avx2): a CPU without AVX-512 decides.
+  // AVX2 GEMM from 32 rows up on an AMD EPYC (ONEDNN_MAX_CPU_ISA=AVX2; ahead at 1-10 rows),
+  // while on a Xeon held to AVX2 it ran ahead from 1 to 32 rows, level above
+  // (bench/panel_layout.py --isa avx2): a CPU without AVX-512 decides.
   // CASCADE_RT_PANEL_ISA=avx2 selects the AVX2 kernels wherever the CPU has AVX2 and FMA (on an
   // AVX-512 CPU too: the tests run both).
   static const int64_t nr = [] {
