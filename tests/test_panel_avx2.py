@@ -47,8 +47,6 @@ def test_avx2_kernels_in_a_subprocess():
     assert out.returncode == 0 and "avx2 ok" in out.stdout, out.stderr[-3000:]
 
 
-
-
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="no AVX2 on this CPU")
 def test_panel_layout_bench_held_to_avx2(tmp_path):
     """``bench/panel_layout.py --isa avx2`` (what decides the AVX2 default) runs itself again
